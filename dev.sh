@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# FerrousForge's two commands (README.md):
+#   ./dev.sh run [forge run flags]   set up .venv, pull smollm2:135m, chat with it
+#   ./dev.sh test [pytest args]      set up .venv and test needs, run ruff, mypy, pytest
+#   ./dev.sh setup                   only set up .venv (with the dev tools)
+# Both are idempotent: a second run reuses .venv and the cached llama-cpp-python wheel.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY=$VENV/bin/python
+LLAMA_VERSION=0.3.36
+WHEELS=${FORGE_WHEEL_CACHE:-$HOME/.cache/ferrousforge/wheels}
+TEST_HOME=${FORGE_TEST_HOME:-$HOME/.cache/ferrousforge/test-home}
+# DESIGN.md §6: the native build crashes on quantized models here (AMX); pin the ISA.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+setup_venv() {
+  if [ ! -x "$PY" ]; then
+    say "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+}
+
+setup_llama() {
+  if "$PY" -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')" 2>/dev/null; then
+    return
+  fi
+  local wheel
+  wheel=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    say "building llama-cpp-python $LLAMA_VERSION once (5-10 minutes; cached in $WHEELS)"
+    mkdir -p "$WHEELS"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      "$PY" -m pip wheel --no-deps --no-cache-dir -w "$WHEELS" "llama-cpp-python==$LLAMA_VERSION"
+    wheel=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n1)
+  fi
+  say "installing $(basename "$wheel")"
+  "$PY" -m pip install -q --no-deps "$wheel"
+}
+
+setup_project() {  # $1: extras, e.g. "llama" or "llama,dev"
+  local stamp="$VENV/.forge-setup-$1" sum
+  sum=$(cat pyproject.toml dev.sh | sha256sum | cut -c1-64)
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && "$PY" -c "import ferrousforge" 2>/dev/null; then
+    return
+  fi
+  say "installing ferrousforge[$1] (editable)"
+  "$PY" -m pip install -q -e ".[$1]"
+  echo "$sum" >"$stamp"
+}
+
+cmd_setup() {
+  setup_venv
+  setup_llama
+  setup_project "llama,dev"
+}
+
+cmd_run() {
+  setup_venv
+  setup_llama
+  setup_project llama
+  "$VENV/bin/forge" pull smollm2:135m
+  exec "$VENV/bin/forge" run smollm2:135m "$@"
+}
+
+cmd_test() {
+  cmd_setup
+  say "pulling smollm2:135m for the real-model tier into $TEST_HOME"
+  FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull smollm2:135m
+  say "ruff"
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/ruff" check .
+  say "mypy"
+  "$VENV/bin/mypy"
+  say "pytest (fast tiers, then the slow real-model tier)"
+  FORGE_TEST_HOME="$TEST_HOME" "$VENV/bin/pytest" "$@"
+}
+
+case "${1:-}" in
+  run) shift; cmd_run "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  setup) cmd_setup ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

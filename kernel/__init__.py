@@ -1,0 +1,73 @@
+"""FerrousForge: run ML models locally through one engine.
+
+import ferrousforge as ff
+with ff.Engine() as engine:
+    engine.pull("smollm2:135m")
+    print(engine.chat("smollm2:135m", [{"role": "user", "content": "Hi!"}]).text)
+"""
+
+from __future__ import annotations
+
+from .config import Settings, load_settings
+from .engine import AsyncEngine, LoadedModel
+from .errors import (
+    ConfigError,
+    ContextOverflow,
+    ForgeError,
+    InferenceError,
+    InsufficientMemory,
+    ModelError,
+    ModelNotFound,
+    ModelNotLoaded,
+    StorageError,
+    UnsupportedFormat,
+)
+from .mold import Backend, Device, LoadOptions, Mold
+from .schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    GenerateRequest,
+    InferenceOptions,
+    Message,
+    ModelMetadata,
+    ModelRequirements,
+    Result,
+    Stats,
+)
+from .sync_engine import Engine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncEngine",
+    "Backend",
+    "ChatRequest",
+    "Chunk",
+    "ConfigError",
+    "ContextOverflow",
+    "Device",
+    "EmbedRequest",
+    "Engine",
+    "ForgeError",
+    "GenerateRequest",
+    "InferenceError",
+    "InferenceOptions",
+    "InsufficientMemory",
+    "LoadOptions",
+    "LoadedModel",
+    "Message",
+    "ModelError",
+    "ModelMetadata",
+    "ModelNotFound",
+    "ModelNotLoaded",
+    "ModelRequirements",
+    "Mold",
+    "Result",
+    "Settings",
+    "Stats",
+    "StorageError",
+    "UnsupportedFormat",
+    "__version__",
+    "load_settings",
+]

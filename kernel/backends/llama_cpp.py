@@ -1,0 +1,171 @@
+"""The llama.cpp backend: GGUF models through llama-cpp-python (extra ``llama``).
+
+The async Mold here drives a blocking ``LlamaRuntime`` on one dedicated Worker thread, so
+every call on an instance, a whole stream included, is serialized on the thread llama.cpp
+wants (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from ..devices import cpu_device
+from ..errors import MissingExtra, ModelNotLoaded, UnsupportedTask
+from ..mold import Device, LoadOptions, Mold
+from ..schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    GenerateRequest,
+    Message,
+    Request,
+    Result,
+    Stats,
+    collect,
+)
+from ..store.manifest import Manifest
+from ..worker import Worker
+
+if TYPE_CHECKING:
+    from .llama_runtime import LlamaRuntime
+
+_OVERHEAD = 32 << 20  # compute buffers and the like, beyond weights and KV cache
+
+
+class LlamaCppBackend:
+    name = "llama_cpp"
+    formats = frozenset({"gguf"})
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("llama_cpp") is not None
+
+    def devices(self) -> list[Device]:
+        if not self.available():
+            return []
+        from .ggml_devices import ggml_devices
+
+        found = ggml_devices(self.name)
+        if not any(d.id == "cpu" for d in found):
+            found.insert(0, cpu_device(self.name))
+        return found
+
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
+        """Weights plus an f16 KV cache for the context that will be allocated."""
+        extra = manifest.metadata.extra
+        n_ctx = _context(manifest, opts)
+        layers = int(extra.get("block_count") or 0)
+        embd = int(extra.get("embedding_length") or 0)
+        heads = int(extra.get("head_count") or 1)
+        kv_heads = int(extra.get("head_count_kv") or heads)
+        kv = 2 * 2 * n_ctx * layers * (embd * kv_heads // max(heads, 1))
+        return manifest.size + kv + _OVERHEAD
+
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
+        if not self.available():
+            raise MissingExtra("llama-cpp-python", "llama")
+        return LlamaCppMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+
+
+def _context(manifest: Manifest, opts: LoadOptions) -> int:
+    trained = manifest.metadata.context_size
+    wanted = opts.num_ctx or 4096
+    return min(wanted, trained) if trained else wanted
+
+
+class LlamaCppMold:
+    backend = "llama_cpp"
+
+    def __init__(self, manifest: Manifest, device: Device, opts: LoadOptions, memory: int):
+        self.name = manifest.name
+        self.device = device.id
+        self.metadata = manifest.metadata
+        self.memory = memory
+        self.context_length = _context(manifest, opts)
+        self._path = manifest.path
+        self._opts = opts
+        self._runtime: LlamaRuntime | None = None
+        self._worker: Worker | None = None
+        self.tasks = frozenset({"embed", "tokenize"})
+
+    async def load(self) -> None:
+        from .llama_runtime import LlamaRuntime
+
+        gpu = self.device != "cpu"
+        layers = self._opts.gpu_layers if self._opts.gpu_layers is not None else -1
+        self._worker = Worker(f"llama:{self.name}")
+        try:
+            self._runtime = await self._worker.call(
+                lambda: LlamaRuntime(
+                    self._path,
+                    n_ctx=self.context_length,
+                    threads=self._opts.threads or os.cpu_count() or 1,
+                    gpu_layers=layers if gpu else 0,
+                    main_gpu=int(self.device.split(":")[1]) if gpu else 0,
+                )
+            )
+        except BaseException:
+            self._worker.close()
+            self._worker = None
+            raise
+        rt = self._runtime
+        self.context_length = rt.n_ctx
+        self.memory = max(self.memory, self.metadata.size + rt.state_size)
+        if not rt.embed_only:
+            self.tasks = self.tasks | {"generate"} | ({"chat"} if rt.template else set())
+
+    async def unload(self) -> None:
+        rt, worker = self._runtime, self._worker
+        self._runtime = self._worker = None
+        if rt is not None and worker is not None:
+            await worker.call(rt.close)
+            worker.close()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._runtime is not None
+
+    def _live(self) -> tuple[LlamaRuntime, Worker]:
+        if self._runtime is None or self._worker is None:
+            raise ModelNotLoaded(f"{self.name} is not loaded")
+        return self._runtime, self._worker
+
+    def _prompt(self, rt: LlamaRuntime, req: GenerateRequest | ChatRequest) -> str:
+        if isinstance(req, ChatRequest):
+            return rt.render(req.messages)
+        if req.raw:
+            return req.prompt
+        if rt.template:  # Ollama's generate: the prompt goes through the template
+            msgs = [Message(role="system", content=req.system)] if req.system else []
+            return rt.render([*msgs, Message(role="user", content=req.prompt)])
+        return f"{req.system}\n\n{req.prompt}" if req.system else req.prompt
+
+    async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
+        rt, worker = self._live()
+        if isinstance(req, EmbedRequest):
+            raise UnsupportedTask("infer_stream takes a generate or chat request")
+        async for chunk in worker.stream(
+            lambda cancel: rt.generate(self._prompt(rt, req), req.options, cancel)
+        ):
+            yield chunk
+
+    async def infer(self, req: Request) -> Result:
+        rt, worker = self._live()
+        if isinstance(req, EmbedRequest):
+            vectors, count = await worker.call(rt.embed, req.input, req.truncate)
+            return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
+        return await collect(self.infer_stream(req))
+
+    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
+        # Sequential for now; the scheduler's slots leave room for llama_batch seq_ids.
+        return [await self.infer(r) for r in reqs]
+
+    async def tokenize(self, text: str) -> list[int]:
+        rt, worker = self._live()
+        return await worker.call(rt.tokenize, text)
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        rt, worker = self._live()
+        return await worker.call(rt.detokenize, list(ids))

@@ -1,0 +1,205 @@
+"""The blocking half of the llama.cpp backend. Every method runs on the Mold's Worker thread.
+
+One ``Llama`` context generates; a second one, created on first use, embeds (llama.cpp
+needs ``embeddings=True`` and a pooling type for that). Both mmap the same file, so the
+weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import llama_cpp
+
+from ..errors import ContextOverflow, InferenceError, InvalidModelFile, UnsupportedTask
+from ..schema import Chunk, InferenceOptions, Message, Stats
+from ..stops import StopMatcher
+
+log = logging.getLogger("ferrousforge.llama_cpp")
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+    """llama.cpp's own log lines go to logging (DEBUG unless an error), not to stderr."""
+    lvl = logging.ERROR if level == 3 else logging.DEBUG
+    if log.isEnabledFor(lvl):
+        log.log(lvl, "%s", text.decode(errors="replace").rstrip())
+
+
+# ctypes must keep the callback alive for as long as llama.cpp may call it: module lifetime.
+llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p(0))
+
+# Ollama's sampling defaults, so answers look the same as there.
+DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1}
+RANDOM_SEED = 0xFFFFFFFF
+
+
+class LlamaRuntime:
+    def __init__(
+        self, path: str, *, n_ctx: int, threads: int, gpu_layers: int, main_gpu: int = 0
+    ) -> None:
+        self._kw: dict[str, Any] = dict(
+            model_path=path,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=gpu_layers,
+            main_gpu=main_gpu,
+            verbose=False,
+        )
+        try:
+            self.llm = llama_cpp.Llama(n_ctx=n_ctx, **self._kw)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise InvalidModelFile(f"llama.cpp cannot load {path}: {e}") from e
+        self._embedder: llama_cpp.Llama | None = None
+        self.n_ctx = self.llm.n_ctx()
+        self._vocab = self.llm._model.vocab
+        self._pieces: dict[int, bytes] = {}
+        meta = self.llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+        self._formatter: Any = None
+        if self.template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(
+                self.template,
+                eos_token=self._text(self.llm.token_eos()),
+                bos_token=self._text(self.llm.token_bos()),
+            )
+        arch = meta.get("general.architecture", "")
+        self.embed_only = f"{arch}.pooling_type" in meta or "bert" in arch
+        self.state_size = int(llama_cpp.llama_state_get_size(self.llm.ctx))
+
+    def _text(self, token: int) -> str:
+        return "" if token < 0 else self.llm._model.token_get_text(token)
+
+    # -- text ------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The prompt for ``messages`` through the model's own chat template."""
+        if self._formatter is None:
+            raise UnsupportedTask(
+                "this model has no chat template; use generate with raw=True instead"
+            )
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            return str(self._formatter(messages=msgs).prompt)
+        except Exception as e:  # jinja errors and the template's raise_exception
+            raise InferenceError(f"chat template failed: {e}") from e
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list(self.llm.tokenize(text.encode(), add_bos=add_special, special=True))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        arr = (llama_cpp.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 16
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, True)
+        return buf.raw[: max(n, 0)].decode(errors="replace")
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(128)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 128, 0, False)
+            piece = self._pieces[token] = buf.raw[: max(n, 0)]
+        return piece
+
+    # -- generation ------------------------------------------------------------------
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        bos = self._text(self.llm.token_bos())
+        tokens = self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(len(tokens), self.n_ctx)
+        return tokens
+
+    def generate(
+        self, prompt: str, options: InferenceOptions, cancel: threading.Event
+    ) -> Iterator[Chunk]:
+        """Stream the completion of ``prompt``; stops at end-of-generation, a stop string,
+        ``max_tokens``, the end of the context, or ``cancel``."""
+        start = time.perf_counter_ns()
+        tokens = self.prompt_tokens(prompt)
+        o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
+        budget = self.n_ctx - len(tokens)
+        if (limit := o.get("max_tokens")) is not None and limit >= 0:
+            budget = min(budget, limit)
+        self.llm.set_seed(RANDOM_SEED if options.seed is None else options.seed & 0xFFFFFFFF)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopMatcher(options.stop)
+        count, reason, first = 0, "length", 0
+        steps = self.llm.generate(
+            tokens,
+            top_k=o["top_k"],
+            top_p=o["top_p"],
+            min_p=0.0,
+            temp=o["temperature"],
+            repeat_penalty=o["repetition_penalty"],
+        )
+        try:
+            while count < budget:
+                token = next(steps)
+                if not first:
+                    first = time.perf_counter_ns()
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                text = matcher.feed(decoder.decode(self._piece(token)))
+                if text:
+                    yield Chunk(text)
+                if matcher.stopped:
+                    reason = "stop"
+                    break
+                if cancel.is_set():
+                    reason = "cancel"
+                    break
+        finally:
+            steps.close()
+        if tail := matcher.feed(decoder.decode(b"", final=True)) + matcher.flush():
+            yield Chunk(tail)
+        end = time.perf_counter_ns()
+        first = first or end
+        stats = Stats(len(tokens), first - start, count, end - first)
+        yield Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
+
+    # -- embeddings ------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[float]], int]:
+        """L2-normalized, pooled embeddings (mean pooling unless the model says otherwise)."""
+        llm = self._embedding_context()
+        count = 0
+        for t in texts:
+            n = len(llm.tokenize(t.encode(), add_bos=True, special=True))
+            if n > llm.n_ctx() and not truncate:
+                raise ContextOverflow(n, llm.n_ctx())
+            count += min(n, llm.n_ctx())
+        vectors = llm.embed(list(texts), normalize=True, truncate=True)
+        return [list(map(float, v)) for v in vectors], count
+
+    def _embedding_context(self) -> llama_cpp.Llama:
+        if self._embedder is None:
+            meta = self.llm.metadata
+            arch = meta.get("general.architecture", "")
+            pooling = int(meta.get(f"{arch}.pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN))
+            self._embedder = llama_cpp.Llama(
+                n_ctx=self.n_ctx,
+                n_batch=self.n_ctx,
+                n_ubatch=self.n_ctx,
+                embedding=True,
+                pooling_type=pooling,
+                **self._kw,
+            )
+        return self._embedder
+
+    def close(self) -> None:
+        for llm in (self._embedder, self.llm):
+            if llm is not None:
+                llm.close()
+        self._embedder = None

@@ -1,0 +1,129 @@
+"""The null backend: a pure-Python Mold with no runtime behind it, for tests and demos.
+
+A manifest of format ``null`` configures it through ``metadata.extra``: ``reply`` (text to
+answer; default: echo the prompt), ``token_delay`` and ``load_delay`` (seconds), ``memory``
+(bytes), ``dims`` (embedding size), ``fail_load`` (error message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from ..devices import cpu_device
+from ..errors import InvalidModelFile, UnsupportedTask
+from ..mold import Device, LoadOptions, Mold
+from ..schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    GenerateRequest,
+    Request,
+    Result,
+    Stats,
+    collect,
+)
+from ..stops import StopMatcher
+from ..store.manifest import Manifest
+
+
+class NullBackend:
+    name = "null"
+    formats = frozenset({"null"})
+
+    def available(self) -> bool:
+        return True
+
+    def devices(self) -> list[Device]:
+        return [cpu_device(self.name)]
+
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
+        return int(manifest.metadata.extra.get("memory", 1 << 20))
+
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
+        return NullMold(manifest, device, self.estimate_memory(manifest, opts))
+
+
+class NullMold:
+    backend = "null"
+    tasks = frozenset({"generate", "chat", "embed", "tokenize"})
+
+    def __init__(self, manifest: Manifest, device: Device, memory: int) -> None:
+        self.name = manifest.name
+        self.device = device.id
+        self.metadata = manifest.metadata
+        self.memory = memory
+        self.context_length = manifest.metadata.context_size or 2048
+        self._extra = manifest.metadata.extra
+        self._loaded = False
+
+    async def load(self) -> None:
+        await asyncio.sleep(float(self._extra.get("load_delay", 0)))
+        if msg := self._extra.get("fail_load"):
+            raise InvalidModelFile(str(msg))
+        self._loaded = True
+
+    async def unload(self) -> None:
+        self._loaded = False
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    async def infer(self, req: Request) -> Result:
+        if isinstance(req, EmbedRequest):
+            dims = int(self._extra.get("dims", 8))
+            count = sum(len(t.split()) for t in req.input)
+            return Result(
+                embeddings=[_vector(t, dims) for t in req.input],
+                stats=Stats(prompt_eval_count=count),
+            )
+        return await collect(self.infer_stream(req))
+
+    async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
+        if isinstance(req, GenerateRequest):
+            prompt = req.prompt
+        elif isinstance(req, ChatRequest):
+            prompt = req.messages[-1].content if req.messages else ""
+        else:
+            raise UnsupportedTask("infer_stream takes a generate or chat request")
+        start = time.perf_counter_ns()
+        words = str(self._extra.get("reply", prompt)).split()
+        limit = req.options.max_tokens
+        delay = float(self._extra.get("token_delay", 0))
+        matcher = StopMatcher(req.options.stop)
+        count, reason = 0, "stop"
+        for word in words:
+            if limit is not None and 0 <= limit <= count:
+                reason = "length"
+                break
+            await asyncio.sleep(delay)
+            count += 1
+            if text := matcher.feed(word + " "):
+                yield Chunk(text)
+            if matcher.stopped:
+                break
+        if tail := matcher.flush():
+            yield Chunk(tail)
+        took = time.perf_counter_ns() - start
+        stats = Stats(len(prompt.split()), 0, count, took)
+        yield Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
+
+    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
+        return [await self.infer(r) for r in reqs]
+
+    async def tokenize(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        return bytes(ids).decode(errors="replace")
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]

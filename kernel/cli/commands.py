@@ -1,0 +1,274 @@
+"""The ``forge`` subcommands. Each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..config import load_settings
+from ..errors import ModelNotFound
+from ..mold import LoadOptions
+from ..runstate import read_all
+from ..schema import Chunk, Message
+from ..store.catalog import lookup
+from ..sync_engine import Engine
+from .render import ProgressBars, ago, err, out, size, table, until
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _engine() -> Engine:
+    return Engine(load_settings())
+
+
+def _load(args: argparse.Namespace) -> LoadOptions | None:
+    if not any((args.backend, args.device, args.gpu_layers is not None, args.num_ctx)):
+        return None
+    s = load_settings()
+    return LoadOptions(
+        backend=args.backend or s.backend,
+        device=args.device or s.device,
+        gpu_layers=args.gpu_layers,
+        num_ctx=args.num_ctx or s.num_ctx,
+        threads=s.threads,
+    )
+
+
+def _ensure_pulled(engine: Engine, model: str) -> str:
+    """The stored name of ``model``, pulling it first when it is a catalog name."""
+    try:
+        return engine.show(model).name
+    except ModelNotFound:
+        if lookup(model) is None:
+            raise
+    bars = ProgressBars()
+    try:
+        return engine.pull(model, progress=bars).name
+    finally:
+        bars.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        k: v
+        for k in ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop")
+        if (v := getattr(args, k)) is not None
+    }
+    prompt = " ".join(args.prompt)
+    if prompt == "-" or (not prompt and not sys.stdin.isatty()):
+        prompt = sys.stdin.read()
+    with _engine() as engine:
+        model = _ensure_pulled(engine, args.model)
+        manifest = engine.show(model)
+        raw = args.raw or not manifest.metadata.chat_template
+        kw: dict[str, Any] = {
+            "options": options,
+            "keep_alive": args.keep_alive,
+            "load": _load(args),
+        }
+        history: list[Message] = (
+            [Message(role="system", content=args.system)] if args.system and not raw else []
+        )
+
+        def answer(text: str) -> str:
+            if raw:
+                stream = engine.generate(
+                    model, text, stream=True, raw=True, system=args.system, **kw
+                )
+            else:
+                history.append(Message(role="user", content=text))
+                stream = engine.chat(model, history, stream=True, **kw)
+            reply = _print_stream(stream, args.verbose)
+            if not raw:
+                history.append(Message(role="assistant", content=reply))
+            return reply
+
+        if prompt:
+            answer(prompt)
+            return 0
+        return _repl(answer, history)
+
+
+def _print_stream(stream: Iterator[Chunk], verbose: bool) -> str:
+    parts: list[str] = []
+    last = Chunk()
+    try:
+        for last in stream:
+            parts.append(last.text)
+            out(last.text, end="")
+    except KeyboardInterrupt:  # stop this answer, keep the session
+        if hasattr(stream, "close"):
+            stream.close()
+        last = Chunk(done_reason="cancel")
+    out()
+    if verbose and last.stats is not None:
+        s = last.stats
+        err(
+            f"load {s.load_duration / 1e6:.0f} ms · prompt {s.prompt_eval_count} tokens in "
+            f"{s.prompt_eval_duration / 1e6:.0f} ms · {s.eval_count} tokens at "
+            f"{s.tokens_per_second:.1f} tok/s · {last.done_reason}"
+        )
+    return "".join(parts)
+
+
+def _repl(answer: Callable[[str], str], history: list[Message]) -> int:
+    err("Type a message; /clear forgets the conversation, /bye (or Ctrl-D) exits.")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            out()
+            return 0
+        except KeyboardInterrupt:
+            out()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return 0
+        if text == "/clear":
+            del history[sum(1 for m in history if m.role == "system") :]
+            err("(conversation cleared)")
+            continue
+        if text in ("/help", "/?"):
+            err("/clear  forget the conversation\n/bye    exit")
+            continue
+        answer(text)
+
+
+def pull(args: argparse.Namespace) -> int:
+    bars = ProgressBars()
+    with _engine() as engine:
+        try:
+            m = engine.pull(args.spec, name=args.name, sha256=args.sha256, progress=bars)
+        finally:
+            bars.close()
+    out(f"pulled {m.name} ({m.format}, {size(m.size)}, sha256 {m.sha256[:12]})")
+    return 0
+
+
+def list_models(args: argparse.Namespace) -> int:
+    from ..store.store import Store
+
+    s = load_settings()
+    rows = [
+        (m.name, m.sha256[:12], size(m.size), m.format, m.source, ago(m.created_at))
+        for m in Store(s.home).list()
+    ]
+    out(table(("NAME", "ID", "SIZE", "FORMAT", "SOURCE", "MODIFIED"), rows))
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from ..store.store import Store
+
+    m = Store(load_settings().home).get(args.model)
+    if args.json:
+        out(m.model_dump_json(indent=2))
+        return 0
+    md = m.metadata
+    fields = [
+        ("name", m.name),
+        ("format", m.format),
+        ("architecture", md.architecture),
+        ("parameters", f"{md.parameters:,}" if md.parameters else "-"),
+        ("quantization", md.quantization or "-"),
+        ("context length", str(md.context_size or "-")),
+        ("chat template", "yes" if md.chat_template else "no"),
+        ("type", md.model_type),
+        ("size", size(m.size)),
+        ("sha256", m.sha256),
+        ("source", m.source),
+        ("path", m.path),
+        ("managed", "yes" if m.managed else "no (registered in place)"),
+    ]
+    if md.description:
+        fields.append(("description", md.description))
+    width = max(len(k) for k, _ in fields)
+    out("\n".join(f"  {k.ljust(width)}  {v}" for k, v in fields))
+    return 0
+
+
+def rm(args: argparse.Namespace) -> int:
+    from ..store.store import Store
+
+    store = Store(load_settings().home)
+    for name in args.models:
+        store.rm(name)
+        out(f"deleted {name}")
+    return 0
+
+
+def cp(args: argparse.Namespace) -> int:
+    from ..store.store import Store
+
+    m = Store(load_settings().home).cp(args.source, args.destination)
+    out(f"copied {args.source} to {m.name}")
+    return 0
+
+
+def ps(args: argparse.Namespace) -> int:
+    import time
+
+    rows = []
+    for r in read_all(load_settings().home):
+        left = None if r.get("expires_at") is None else r["expires_at"] - time.time()
+        rows.append(
+            (
+                r["name"],
+                r["backend"],
+                r["device"],
+                size(r["memory"]),
+                str(r["context_length"]),
+                str(r["pid"]),
+                until(left, r.get("in_use", 0)),
+            )
+        )
+    out(table(("NAME", "BACKEND", "DEVICE", "MEMORY", "CONTEXT", "PID", "UNTIL"), rows))
+    return 0
+
+
+def devices(args: argparse.Namespace) -> int:
+    from ..backends import Backends
+
+    found = Backends.discover().devices()
+    if args.json:
+        out(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "name": d.name,
+                        "memory_total": d.memory_total,
+                        "memory_free": d.memory_free,
+                        "backends": list(d.backends),
+                    }
+                    for d in found
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    rows = [
+        (d.id, d.name, size(d.memory_total), size(d.memory_free), ", ".join(d.backends))
+        for d in found
+    ]
+    out(table(("DEVICE", "NAME", "MEMORY", "FREE", "BACKENDS"), rows))
+    return 0
+
+
+def embed(args: argparse.Namespace) -> int:
+    with _engine() as engine:
+        model = _ensure_pulled(engine, args.model)
+        result = engine.embed(model, args.texts, keep_alive=args.keep_alive, load=_load(args))
+    if args.json:
+        out(json.dumps({"model": model, "embeddings": result.embeddings}))
+        return 0
+    for text, vec in zip(args.texts, result.embeddings, strict=True):
+        head = ", ".join(f"{x:.4f}" for x in vec[:4])
+        out(f"{len(vec)}-d [{head}, ...]  {text}")
+    return 0

@@ -1,0 +1,128 @@
+"""``forge``: the command line. Parsing and error handling here; the work is in commands.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import ForgeError
+from . import commands
+from .render import err
+
+DESCRIPTION = """\
+FerrousForge runs ML models locally through one engine.
+
+  forge pull smollm2:135m          fetch a model (catalog name, local file/folder, or URL)
+  forge run smollm2:135m           chat with it; add a prompt to answer once and exit
+  forge list / show / rm / cp      manage the model store ($FORGE_HOME, ~/.ferrousforge)
+  forge ps / devices               what is loaded, and what hardware can run it
+
+Settings come from flags, then FORGE_* environment variables, then $FORGE_HOME/config.toml.
+"""
+
+
+def _load_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("loading (default: chosen from the model's format and hardware)")
+    g.add_argument("--backend", help="backend to use, e.g. llama_cpp")
+    g.add_argument("--device", help="device to use, e.g. cpu, cuda:0 (see: forge devices)")
+    g.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to the GPU")
+    g.add_argument("--num-ctx", type=int, metavar="N", help="context length in tokens")
+    g.add_argument(
+        "--keep-alive",
+        metavar="DURATION",
+        help="how long the model stays loaded after use: 5m, 1h, 0, -1 (forever)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forge", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ferrousforge {__version__}")
+    parser.add_argument("--home", help="model store folder (env FORGE_HOME)")
+    parser.add_argument("--config", help="TOML settings file (env FORGE_CONFIG)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str, fn: commands.Command) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    p = cmd("run", "Chat with a model, or answer one PROMPT and exit", commands.run)
+    p.add_argument("model", help="model name, e.g. smollm2:135m (pulled if in the catalog)")
+    p.add_argument("prompt", nargs="*", help="answer this and exit; '-' or a pipe reads stdin")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--raw", action="store_true", help="plain completion, no chat template")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="stop after N tokens")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
+    p.add_argument("--verbose", action="store_true", help="print timings after each answer")
+    _load_flags(p)
+
+    p = cmd("pull", "Fetch a model into the store", commands.pull)
+    p.add_argument("spec", help="catalog name (smollm2:135m), local file or folder, or URL")
+    p.add_argument("--name", help="store it under this name")
+    p.add_argument("--sha256", help="expected digest of a downloaded file")
+
+    cmd("list", "List the models in the store", commands.list_models)
+
+    p = cmd("show", "Show a model's manifest and metadata", commands.show)
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+
+    p = cmd("rm", "Remove models (files registered in place are left alone)", commands.rm)
+    p.add_argument("models", nargs="+")
+
+    p = cmd("cp", "Copy a model to a new name (no file is copied)", commands.cp)
+    p.add_argument("source")
+    p.add_argument("destination")
+
+    cmd("ps", "List the models loaded by running engines", commands.ps)
+
+    p = cmd("devices", "List the devices each backend can use", commands.devices)
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("embed", "Print embeddings of TEXTs", commands.embed)
+    p.add_argument("model")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--json", action="store_true", help="print the vectors as JSON")
+    _load_flags(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ["FORGE_CONFIG"] = args.config
+    if args.home:
+        os.environ["FORGE_HOME"] = args.home
+    level = (args.log_level or os.environ.get("FORGE_LOG_LEVEL") or "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ForgeError as e:
+        if args.debug:
+            raise
+        err(f"Error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        err("")
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 141
+    except Exception as e:
+        if args.debug:
+            raise
+        err(f"Error: unexpected {type(e).__name__}: {e} (run with --debug for details)")
+        return 2

@@ -1,0 +1,66 @@
+"""Devices and the seed's selection rule (§2.4): format → backend, requirements → device."""
+
+from __future__ import annotations
+
+import platform
+
+import psutil
+
+from .backends import Backends
+from .errors import DeviceUnavailable
+from .mold import Backend, Device, LoadOptions
+from .store.manifest import Manifest
+
+GPU_KINDS = ("cuda", "metal", "vulkan")
+
+
+def cpu_device(backend: str) -> Device:
+    """The host CPU with its RAM; always present."""
+    mem = psutil.virtual_memory()
+    name = platform.processor() or platform.machine() or "cpu"
+    cores = psutil.cpu_count(logical=True) or 1
+    return Device("cpu", f"{name} ({cores} threads)", mem.total, mem.available, (backend,))
+
+
+def normalize(device_id: str) -> str:
+    """``cuda`` means ``cuda:0``; ids are lower-case."""
+    d = device_id.strip().lower()
+    return f"{d}:0" if d in GPU_KINDS else d
+
+
+def choose(
+    manifest: Manifest, backends: Backends, opts: LoadOptions, need: int | None = None
+) -> tuple[Backend, Device]:
+    """Pick the backend and device for a model; explicit choices in ``opts`` win.
+
+    Never falls back silently: a requested device that is not there is an error that
+    lists what is there.
+    """
+    backend = backends.get(opts.backend) if opts.backend else backends.for_format(manifest.format)
+    if opts.backend and manifest.format not in backend.formats:
+        backends.for_format(manifest.format)  # raises with the formats that are known
+    devices = backend.devices()
+    if opts.device:
+        wanted = normalize(opts.device)
+        for d in devices:
+            if d.id == wanted:
+                return backend, d
+        raise DeviceUnavailable(
+            f"device {wanted!r} is not available to {backend.name}; "
+            f"available: {', '.join(d.id for d in devices)}"
+        )
+    gpus = [d for d in devices if d.kind in GPU_KINDS]
+    if manifest.metadata.requirements.gpu_required and not gpus:
+        raise DeviceUnavailable(
+            f"{manifest.name} requires a GPU and {backend.name} sees none; "
+            f"available: {', '.join(d.id for d in devices)}"
+        )
+    for d in gpus:  # a GPU with room for the model beats the CPU
+        if (
+            manifest.metadata.requirements.gpu_required
+            or need is None
+            or d.memory_free is None
+            or d.memory_free >= need
+        ):
+            return backend, d
+    return backend, next(d for d in devices if d.id == "cpu")

@@ -1,0 +1,308 @@
+"""The engine: store → scheduler → Mold, with one async API (DESIGN.md §4).
+
+``AsyncEngine`` lives on one event loop (the server's, or the loop thread of the sync
+``Engine``). Every public method takes a model name; loading happens on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import psutil
+
+from .backends import Backends
+from .config import Settings, load_settings, parse_duration
+from .devices import choose
+from .errors import UnsupportedTask
+from .mold import Device, LoadOptions, Mold
+from .progress import ProgressCallback, ignore
+from .runstate import RunState
+from .scheduler import Lease, Scheduler
+from .schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    GenerateRequest,
+    InferenceOptions,
+    Message,
+    Result,
+    collect,
+)
+from .store.manifest import Manifest
+from .store.names import parse_name
+from .store.store import Store
+
+log = logging.getLogger(__name__)
+
+KeepAlive = str | float | int | None
+Messages = Sequence[Message | dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """One row of ``ps``."""
+
+    name: str
+    backend: str
+    device: str
+    memory: int
+    context_length: int
+    expires_in: float | None  # seconds; None while in use or kept forever
+    in_use: int
+
+
+class AsyncEngine:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        backends: Backends | None = None,
+        memory_probe: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        s = self.settings = settings or load_settings()
+        self.store = store or Store(
+            s.home, pip_args=s.pip_args, hf_endpoint=s.hf_endpoint, sources=s.pull_sources
+        )
+        self.backends = backends or Backends.discover()
+        self.scheduler = Scheduler(
+            max_loaded=s.max_loaded_models,
+            num_parallel=s.num_parallel,
+            max_queue=s.max_queue,
+            max_memory=s.max_memory,
+            default_keep_alive=s.keep_alive,
+            memory_probe=memory_probe or (lambda: psutil.virtual_memory().available),
+            clock=clock,
+        )
+        self._opts: dict[str, LoadOptions] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._runstate = RunState(s.home)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _default_opts(self) -> LoadOptions:
+        s = self.settings
+        return LoadOptions(backend=s.backend, device=s.device, num_ctx=s.num_ctx, threads=s.threads)
+
+    @contextlib.asynccontextmanager
+    async def _lease(
+        self,
+        model: str,
+        load: LoadOptions | None = None,
+        keep_alive: KeepAlive = None,
+        options: InferenceOptions | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[Lease]:
+        manifest = self.store.get(model)
+        key = str(parse_name(manifest.name))
+        opts = load or self._opts.get(key) or self._default_opts()
+        if options is not None and options.num_ctx:
+            opts = replace(opts, num_ctx=options.num_ctx)
+        loaded = self.scheduler.runners.get(key)
+        if loaded is not None and self._opts.get(key) != opts and loaded.refs == 0:
+            await self.scheduler.unload(key)  # asked for other load options: reload
+        self._opts[key] = opts
+        self._start_reaper()
+
+        async def factory() -> Mold:
+            backend, device = choose(manifest, self.backends, opts)
+            return backend.open(manifest, device, opts)
+
+        async with self.scheduler.acquire(
+            key, factory, keep_alive=parse_duration(keep_alive), priority=priority
+        ) as lease:
+            self._publish()
+            yield lease
+        self._publish()
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            if await self.scheduler.reap():
+                self._publish()
+            nxt = self.scheduler.next_expiry()
+            now = self.scheduler._clock()
+            await asyncio.sleep(1.0 if nxt is None else min(1.0, max(0.01, nxt - now)))
+
+    def _publish(self) -> None:
+        self._runstate.publish([asdict(m) for m in self.ps()])
+
+    async def load(
+        self,
+        model: str,
+        *,
+        backend: str | None = None,
+        device: str | None = None,
+        gpu_layers: int | None = None,
+        num_ctx: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> LoadedModel:
+        """Load ``model`` now (it stays for ``keep_alive``) and describe where it landed."""
+        base = self._default_opts()
+        opts = LoadOptions(
+            backend=backend or base.backend,
+            device=device or base.device,
+            gpu_layers=gpu_layers,
+            num_ctx=num_ctx or base.num_ctx,
+            threads=base.threads,
+        )
+        async with self._lease(model, opts, keep_alive) as lease:
+            name = str(parse_name(lease.mold.name))
+        return next((m for m in self.ps() if m.name == name), self._row_for(lease.mold))
+
+    async def unload(self, model: str) -> bool:
+        found = await self.scheduler.unload(str(parse_name(model)))
+        self._publish()
+        return found
+
+    def ps(self) -> list[LoadedModel]:
+        return [
+            LoadedModel(
+                r.key,
+                r.mold.backend,
+                r.mold.device,
+                r.mold.memory,
+                r.mold.context_length,
+                self.scheduler.expires_in(r),
+                r.refs,
+            )
+            for r in self.scheduler.runners.values()
+        ]
+
+    def _row_for(self, mold: Mold) -> LoadedModel:
+        return LoadedModel(
+            mold.name, mold.backend, mold.device, mold.memory, mold.context_length, 0.0, 0
+        )
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.scheduler.close()
+        self._runstate.publish([])
+
+    # -- inference -------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        model: str,
+        req: GenerateRequest | ChatRequest,
+        keep_alive: KeepAlive,
+        load: LoadOptions | None,
+        priority: int,
+    ) -> AsyncGenerator[Chunk, None]:
+        start = time.perf_counter_ns()
+        async with self._lease(model, load, keep_alive, req.options, priority) as lease:
+            task = "chat" if isinstance(req, ChatRequest) else "generate"
+            _require(lease.mold, task)
+            async for chunk in lease.mold.infer_stream(req):
+                if chunk.done and chunk.stats is not None:
+                    chunk.stats.load_duration = lease.load_duration
+                    chunk.stats.total_duration = time.perf_counter_ns() - start
+                yield chunk
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        options: InferenceOptions | dict[str, Any] | None = None,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream a completion. Unless ``raw``, the model's chat template is applied."""
+        req = GenerateRequest(prompt=prompt, system=system, raw=raw, options=_opts(options))
+        return self._stream(model, req, keep_alive, load, priority)
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        options: InferenceOptions | dict[str, Any] | None = None,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream a chat reply rendered through the model's own chat template."""
+        msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        req = ChatRequest(messages=msgs, options=_opts(options))
+        return self._stream(model, req, keep_alive, load, priority)
+
+    async def generate(self, model: str, prompt: str, **kw: Any) -> Result:
+        return await collect(self.generate_stream(model, prompt, **kw))
+
+    async def chat(self, model: str, messages: Messages, **kw: Any) -> Result:
+        return await collect(self.chat_stream(model, messages, **kw))
+
+    async def embed(
+        self,
+        model: str,
+        input: str | Sequence[str],
+        *,
+        truncate: bool = True,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+    ) -> Result:
+        """Embeddings, one vector per input text."""
+        texts = [input] if isinstance(input, str) else list(input)
+        start = time.perf_counter_ns()
+        async with self._lease(model, load, keep_alive) as lease:
+            _require(lease.mold, "embed")
+            result = await lease.mold.infer(EmbedRequest(input=texts, truncate=truncate))
+        result.stats.load_duration = lease.load_duration
+        result.stats.total_duration = time.perf_counter_ns() - start
+        return result
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        async with self._lease(model) as lease:
+            return await lease.mold.tokenize(text)
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        async with self._lease(model) as lease:
+            return await lease.mold.detokenize(ids)
+
+    # -- store and devices -----------------------------------------------------------
+
+    async def pull(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        progress: ProgressCallback = ignore,
+    ) -> Manifest:
+        """Pull a catalog model, register a local file or folder, or download a URL."""
+        return await asyncio.to_thread(
+            self.store.pull, spec, name=name, sha256=sha256, progress=progress
+        )
+
+    def devices(self) -> list[Device]:
+        return self.backends.devices()
+
+
+def _opts(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:
+    if isinstance(options, InferenceOptions):
+        return options
+    return InferenceOptions.model_validate(options or {})
+
+
+def _require(mold: Mold, task: str) -> None:
+    if task not in mold.tasks:
+        raise UnsupportedTask(
+            f"{mold.name} cannot {task}; it supports: {', '.join(sorted(mold.tasks))}"
+        )

@@ -1,0 +1,124 @@
+"""One error tree for FerrousForge. Every class carries the HTTP status it maps to.
+
+    ForgeError                      500
+    ├── ModelError                  400
+    │   ├── ModelNotFound           404
+    │   ├── ModelNotLoaded          409
+    │   ├── UnsupportedFormat       415
+    │   ├── InvalidModelFile        422  (corrupt, truncated, wrong magic)
+    │   └── InsufficientMemory      507  (.required, .available in bytes)
+    ├── InferenceError              500
+    │   ├── ContextOverflow         400  (.tokens, .limit)
+    │   └── UnsupportedTask         400
+    ├── StorageError                500
+    │   ├── InvalidModelName        400
+    │   └── DownloadFailed          502
+    ├── ConfigError                 400
+    │   ├── DeviceUnavailable       400
+    │   └── MissingExtra            501  (names the pip extra to install)
+    └── QueueFull                   503
+
+Errors from outside libraries are translated at the boundary with ``raise ... from``.
+``str(err)`` is always one readable line.
+"""
+
+from __future__ import annotations
+
+
+class ForgeError(Exception):
+    """Base of every FerrousForge error."""
+
+    status: int = 500
+
+
+class ModelError(ForgeError):
+    status = 400
+
+
+class ModelNotFound(ModelError):
+    status = 404
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        self.name = name
+        msg = f"model {name!r} not found"
+        super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class ModelNotLoaded(ModelError):
+    status = 409
+
+
+class UnsupportedFormat(ModelError):
+    status = 415
+
+
+class InvalidModelFile(ModelError):
+    status = 422
+
+
+class InsufficientMemory(ModelError):
+    status = 507
+
+    def __init__(self, name: str, required: int, available: int) -> None:
+        self.name, self.required, self.available = name, required, available
+        super().__init__(
+            f"not enough memory to load {name!r}: requires {_mib(required)}, "
+            f"{_mib(available)} available"
+        )
+
+
+class InferenceError(ForgeError):
+    status = 500
+
+
+class ContextOverflow(InferenceError):
+    status = 400
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        self.tokens, self.limit = tokens, limit
+        super().__init__(
+            f"input is {tokens} tokens, longer than the context of {limit} tokens; "
+            "raise num_ctx or shorten the input"
+        )
+
+
+class UnsupportedTask(InferenceError):
+    status = 400
+
+
+class StorageError(ForgeError):
+    status = 500
+
+
+class InvalidModelName(StorageError):
+    status = 400
+
+
+class DownloadFailed(StorageError):
+    status = 502
+
+
+class ConfigError(ForgeError):
+    status = 400
+
+
+class DeviceUnavailable(ConfigError):
+    status = 400
+
+
+class MissingExtra(ConfigError):
+    status = 501
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module, self.extra = module, extra
+        super().__init__(
+            f"{module} is not installed; install it with: pip install 'ferrousforge[{extra}]'"
+        )
+
+
+class QueueFull(ForgeError):
+    status = 503
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,72 @@
+"""The Mold and Backend protocols (seed §2.1-§2.2): one loaded model, and what makes one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .schema import ChatRequest, Chunk, GenerateRequest, ModelMetadata, Request, Result
+from .store.manifest import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A compute device some installed runtime can really use."""
+
+    id: str  # "cpu", "cuda:0", "metal:0", "vulkan:0"
+    name: str = ""
+    memory_total: int | None = None  # bytes
+    memory_free: int | None = None
+    backends: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.id.split(":", 1)[0]
+
+
+@dataclass(slots=True)
+class LoadOptions:
+    """How to load: overrides for the automatic backend/device choice and runtime knobs."""
+
+    backend: str | None = None
+    device: str | None = None
+    gpu_layers: int | None = None  # None: all layers on a GPU device, none on cpu
+    num_ctx: int | None = None
+    threads: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Mold(Protocol):
+    """One model loaded on one backend and device. Capabilities are data (``tasks``)."""
+
+    name: str
+    backend: str
+    device: str
+    tasks: frozenset[str]  # {"generate", "chat", "embed", "tokenize"}
+    metadata: ModelMetadata
+    context_length: int
+    memory: int  # bytes this instance holds, estimated before load and measured after
+
+    async def load(self) -> None: ...
+    async def unload(self) -> None: ...
+    @property
+    def is_loaded(self) -> bool: ...
+    async def infer(self, req: Request) -> Result: ...
+    def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]: ...
+    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]: ...
+    async def tokenize(self, text: str) -> list[int]: ...
+    async def detokenize(self, ids: Sequence[int]) -> str: ...
+
+
+class Backend(Protocol):
+    """A runtime. One module each, found through the ``ferrousforge.backends`` entry points."""
+
+    name: str
+    formats: frozenset[str]
+
+    def available(self) -> bool: ...
+    def devices(self) -> list[Device]: ...
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int: ...
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold: ...

@@ -1,0 +1,159 @@
+"""Typed records shared by the engine, the backends and the API (seed §3).
+
+Requests are pydantic models (they arrive from users); Chunk, Stats and Result are
+plain dataclasses because one is built per generated token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
+
+
+class ModelRequirements(BaseModel):
+    min_memory: int | None = None
+    min_vram: int | None = None
+    cpu_cores: int | None = None
+    gpu_required: bool = False
+    gpu_compute_capability: str | None = None
+
+
+class ModelMetadata(BaseModel):
+    """What is known about a model file, read from its header (seed §3.1)."""
+
+    name: str = ""
+    version: str = ""
+    model_type: Literal["llm", "embedding", "other"] = "other"
+    format: str = ""
+    size: int = 0
+    parameters: int | None = None
+    quantization: str | None = None
+    architecture: str = ""
+    context_size: int | None = None
+    input_shapes: list[list[int]] = Field(default_factory=list)
+    output_shapes: list[list[int]] = Field(default_factory=list)
+    requirements: ModelRequirements = Field(default_factory=ModelRequirements)
+    tags: list[str] = Field(default_factory=list)
+    description: str | None = None
+    license: str | None = None
+    author: str | None = None
+    chat_template: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+_OPTION_ALIASES = {"num_predict": "max_tokens", "repeat_penalty": "repetition_penalty"}
+
+
+class InferenceOptions(BaseModel):
+    """Sampling and context options (seed §3.2). Ollama's spellings are accepted too."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=-1)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    repetition_penalty: float | None = Field(None, gt=0)
+    num_ctx: int | None = Field(None, ge=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {_OPTION_ALIASES.get(k, k): v for k, v in data.items()}
+        if isinstance(data.get("stop"), str):
+            data["stop"] = [data["stop"]]
+        unknown = set(data) - set(cls.model_fields)
+        if unknown:
+            log.warning("ignoring unknown options: %s", ", ".join(sorted(unknown)))
+        return data
+
+    def merged(self, other: InferenceOptions | None) -> InferenceOptions:
+        """These options with every field that ``other`` sets explicitly laid over them."""
+        if other is None:
+            return self
+        return self.model_copy(update=other.model_dump(exclude_unset=True))
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+
+
+class GenerateRequest(BaseModel):
+    """Raw completion. ``raw=True`` sends the prompt as is, without the system prompt."""
+
+    prompt: str
+    system: str | None = None
+    raw: bool = False
+    options: InferenceOptions = Field(default_factory=InferenceOptions)
+
+
+class ChatRequest(BaseModel):
+    """Chat, rendered through the model's own chat template."""
+
+    messages: list[Message]
+    options: InferenceOptions = Field(default_factory=InferenceOptions)
+
+
+class EmbedRequest(BaseModel):
+    input: list[str]
+    truncate: bool = True
+    options: InferenceOptions = Field(default_factory=InferenceOptions)
+
+
+Request = GenerateRequest | ChatRequest | EmbedRequest
+
+DoneReason = Literal["stop", "length", "cancel"]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Token counts and durations in integer nanoseconds, as Ollama reports them."""
+
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    load_duration: int = 0
+    total_duration: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.eval_count / (self.eval_duration / 1e9) if self.eval_duration else 0.0
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One piece of a stream. The last one has ``done=True``, a done_reason and stats."""
+
+    text: str = ""
+    done: bool = False
+    done_reason: DoneReason | None = None
+    stats: Stats | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    text: str = ""
+    embeddings: list[list[float]] = field(default_factory=list)
+    done_reason: DoneReason | None = None
+    stats: Stats = field(default_factory=Stats)
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> Result:
+    """Drain a chunk stream into one Result."""
+    parts: list[str] = []
+    last = Chunk()
+    async for last in stream:
+        parts.append(last.text)
+    return Result("".join(parts), done_reason=last.done_reason, stats=last.stats or Stats())

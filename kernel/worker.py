@@ -1,0 +1,105 @@
+"""One long-lived thread per blocking runtime instance, with an async face.
+
+llama.cpp must be called from one dedicated thread (DESIGN.md §6): a shared pool gives each
+call a new OpenMP team and decode drops to a third of its speed. A Worker runs its jobs one
+at a time, so a whole stream holds the instance until it is exhausted or cancelled, which
+also serializes every call on a non-thread-safe runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_ITEM, _ERROR, _END = range(3)
+
+
+class Worker:
+    """Runs callables and generators on its own thread, in submission order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def close(self) -> None:
+        """Stop the thread once the jobs already submitted have run."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread and await its result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as e:
+                _post(loop, _settle, fut, None, e)
+            else:
+                _post(loop, _settle, fut, result, None)
+
+        self._jobs.put(job)
+        return await fut
+
+    async def stream(self, make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+        """Iterate ``make(cancel)`` on the worker thread, yielding its items here.
+
+        Closing the async iterator sets ``cancel``; the worker stops after the current item,
+        and ``make`` may also check the event itself between expensive steps.
+        """
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def job() -> None:
+            try:
+                with contextlib.closing(make(cancel)) as items:  # type: ignore[type-var]
+                    for item in items:
+                        _post(loop, inbox.put_nowait, (_ITEM, item))
+                        if cancel.is_set():
+                            break
+            except BaseException as e:
+                _post(loop, inbox.put_nowait, (_ERROR, e))
+            else:
+                _post(loop, inbox.put_nowait, (_END, None))
+
+        self._jobs.put(job)
+        try:
+            while True:
+                kind, value = await inbox.get()
+                if kind == _ITEM:
+                    yield value
+                elif kind == _ERROR:
+                    raise value
+                else:
+                    return
+        finally:
+            cancel.set()
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the awaiting task was cancelled
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

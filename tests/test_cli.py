@@ -1,0 +1,180 @@
+"""The ``forge`` command, run as a real subprocess against a temporary FORGE_HOME."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import FileServer
+from .tinymodel import write_tiny_gguf
+
+COMMANDS = ["run", "pull", "list", "show", "rm", "cp", "ps", "devices", "embed"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
+        "FORGE_HOME": str(tmp_path / "home"),
+        "FORGE_THREADS": "1",
+        "FORGE_HF_ENDPOINT": "http://127.0.0.1:9",  # never the real hub from tests
+        "FORGE_PIP_ARGS": '["--no-index"]',
+    }
+
+
+def forge(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ferrousforge", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def tiny(env: dict[str, str], tmp_path: Path) -> Path:
+    path = write_tiny_gguf(tmp_path / "Tiny-Model.gguf")
+    r = forge(env, "pull", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "pulled tiny-model:latest" in r.stdout
+    return path
+
+
+def test_help_everywhere(env: dict[str, str]) -> None:
+    top = forge(env, "--help")
+    assert top.returncode == 0
+    for cmd in COMMANDS:
+        assert cmd in top.stdout
+        r = forge(env, cmd, "--help")
+        assert r.returncode == 0 and "usage: forge " + cmd in r.stdout
+    assert "--gpu-layers" in forge(env, "run", "--help").stdout
+
+
+def test_store_commands(env: dict[str, str], tiny: Path) -> None:
+    listing = forge(env, "list").stdout
+    assert "tiny-model:latest" in listing and "gguf" in listing
+    shown = forge(env, "show", "tiny-model").stdout
+    assert "llama" in shown and "registered in place" in shown and str(tiny) in shown
+    manifest = json.loads(forge(env, "show", "tiny-model", "--json").stdout)
+    assert manifest["sha256"] == hashlib.sha256(tiny.read_bytes()).hexdigest()
+    assert forge(env, "cp", "tiny-model", "copy:v2").returncode == 0
+    assert "copy:v2" in forge(env, "list").stdout
+    assert forge(env, "rm", "tiny-model", "copy:v2").returncode == 0
+    assert "tiny-model" not in forge(env, "list").stdout
+    assert tiny.exists()  # registered in place: rm never deletes the user's file
+
+
+def test_run_with_prompt_streams_and_exits(env: dict[str, str], tiny: Path) -> None:
+    args = ("run", "tiny-model", "hello", "there", "--temperature", "0", "--max-tokens", "8")
+    a, b = forge(env, *args), forge(env, *args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.strip() and a.stdout == b.stdout  # greedy: same answer twice
+    piped = forge(
+        env, "run", "tiny-model", "--temperature", "0", "--max-tokens", "8", stdin="hello there"
+    )
+    assert piped.stdout == a.stdout
+
+
+def test_interactive_run(env: dict[str, str], tiny: Path) -> None:
+    main, term = pty.openpty()  # a terminal on stdin makes `forge run` interactive
+    cmd = [sys.executable, "-m", "ferrousforge", "run", "tiny-model", "--max-tokens", "4"]
+    proc = subprocess.Popen(
+        [*cmd, "--verbose"],
+        env=env,
+        stdin=term,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.write(main, b"hi\n/clear\nagain\n/bye\n")
+    out, err = proc.communicate(timeout=120)
+    os.close(main)
+    os.close(term)
+    assert proc.returncode == 0, err
+    assert err.count("tokens at") == 2  # two answers, with timings
+    assert "(conversation cleared)" in err
+    assert out.count(">>> ") == 4
+
+
+def test_embed_json(env: dict[str, str], tiny: Path) -> None:
+    r = forge(env, "embed", "tiny-model", "the hot word", "she said", "--json")
+    assert r.returncode == 0, r.stderr
+    vectors = json.loads(r.stdout)["embeddings"]
+    assert [len(v) for v in vectors] == [64, 64]
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-4
+    plain = forge(env, "embed", "tiny-model", "the hot word").stdout
+    assert plain.startswith("64-d [")
+
+
+def test_devices_and_ps(env: dict[str, str]) -> None:
+    r = forge(env, "devices")
+    assert r.returncode == 0
+    assert any(line.startswith("cpu ") and "llama_cpp" in line for line in r.stdout.splitlines())
+    as_json = json.loads(forge(env, "devices", "--json").stdout)
+    assert as_json[0]["id"] == "cpu" and as_json[0]["memory_total"] > 0
+    assert forge(env, "ps").stdout.startswith("NAME")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "nope", "hi"), "Error: model 'nope:latest' not found"),
+        (("pull", "../x"), "Error: "),
+        (("run", "tiny-model", "x", "--device", "cuda:3"), "Error: device 'cuda:3' is not"),
+        (("show", ""), "Error: "),
+    ],
+)
+def test_errors_are_one_line(
+    env: dict[str, str], tiny: Path, args: tuple[str, ...], message: str
+) -> None:
+    r = forge(env, *args)
+    assert r.returncode == 1
+    assert r.stderr.startswith(message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_pull_killed_halfway_resumes(
+    env: dict[str, str], http_server: FileServer, tmp_path: Path
+) -> None:
+    data = write_tiny_gguf(tmp_path / "src.gguf").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    url = http_server.add("/models/remote.gguf", data)
+    http_server.chunk_delay = 0.05  # 64 KiB every 50 ms: ~0.4 s for the whole file
+    home = Path(env["FORGE_HOME"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferrousforge", "pull", url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    partial = home / "partial"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sizes = [p.stat().st_size for p in partial.glob("*") if not p.name.endswith(".json")]
+        if sizes and max(sizes) >= len(data) // 2:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode != 0
+    assert "remote" not in forge(env, "list").stdout  # the partial file is never listed
+
+    http_server.chunk_delay = 0
+    r = forge(env, "pull", f"{url}#sha256={digest}")
+    assert r.returncode == 0, r.stderr
+    ranges = [h.get("Range") for p, h in http_server.requests if p == "/models/remote.gguf"]
+    assert ranges[0] is None and ranges[-1] is not None and ranges[-1] != "bytes=0-"
+    manifest = json.loads(forge(env, "show", "remote", "--json").stdout)
+    assert manifest["sha256"] == digest
+    assert Path(manifest["path"]).read_bytes() == data
+    assert not [p for p in partial.glob("*") if p.is_file()]

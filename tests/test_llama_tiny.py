@@ -1,0 +1,158 @@
+"""The llama.cpp backend on the tiny generated GGUF: real llama.cpp, milliseconds per call."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+
+import ferrousforge as ff
+from ferrousforge.errors import ContextOverflow, InvalidModelFile
+
+from .tinymodel import write_tiny_gguf
+
+GREEDY = {"temperature": 0, "max_tokens": 24}
+CHATML_HI = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("home")
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf")
+    with ff.Engine(ff.Settings(home=home, threads=1)) as engine:
+        engine.pull(str(gguf), name="tiny")
+        yield engine
+
+
+def test_manifest_from_header(engine: ff.Engine) -> None:
+    m = engine.show("tiny")
+    assert (m.format, m.managed, m.metadata.architecture) == ("gguf", False, "llama")
+    assert m.metadata.context_size == 512
+    assert m.metadata.chat_template and "im_start" in m.metadata.chat_template
+
+
+def test_load_picks_llama_cpp_on_cpu(engine: ff.Engine) -> None:
+    row = engine.load("tiny")
+    assert (row.backend, row.device, row.context_length) == ("llama_cpp", "cpu", 512)
+    assert row.memory > engine.show("tiny").size
+
+
+def test_raw_completion_is_deterministic_when_greedy(engine: ff.Engine) -> None:
+    a = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)
+    b = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)
+    assert a.text and a.text == b.text
+    assert a.stats.eval_count == 24 and a.done_reason == "length"
+    assert a.stats.prompt_eval_count == len(engine.tokenize("tiny", "the hot word")) + 1  # BOS
+
+
+def test_chat_uses_the_models_template(engine: ff.Engine) -> None:
+    chat = engine.chat("tiny", [{"role": "user", "content": "hi"}], options=GREEDY)
+    by_hand = engine.generate("tiny", CHATML_HI, raw=True, options=GREEDY)
+    assert chat.text == by_hand.text
+    assert chat.stats.prompt_eval_count == len(engine.tokenize("tiny", CHATML_HI)) + 1
+    templated = engine.generate("tiny", "hi", options=GREEDY)  # Ollama's generate semantics
+    assert templated.text == chat.text
+
+
+def test_stream_matches_whole(engine: ff.Engine) -> None:
+    whole = engine.generate("tiny", "you said", raw=True, options=GREEDY)
+    chunks = list(engine.generate("tiny", "you said", raw=True, options=GREEDY, stream=True))
+    assert len(chunks) > 5 and chunks[-1].done
+    assert "".join(c.text for c in chunks) == whole.text
+    assert chunks[-1].stats is not None and chunks[-1].stats.eval_count == 24
+
+
+def test_stop_sequence_cuts_before_it(engine: ff.Engine) -> None:
+    full = engine.generate("tiny", "a word", raw=True, options=GREEDY).text
+    stop = full[8:12]
+    cut = engine.generate("tiny", "a word", raw=True, options=GREEDY | {"stop": [stop]})
+    assert cut.text == full[: full.find(stop)]
+    assert cut.done_reason == "stop"
+    assert stop not in cut.text
+
+
+def test_seed_makes_sampling_reproducible(engine: ff.Engine) -> None:
+    opts = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "max_tokens": 32}
+    a = engine.generate("tiny", "the", raw=True, options=opts | {"seed": 42}).text
+    b = engine.generate("tiny", "the", raw=True, options=opts | {"seed": 42}).text
+    others = {
+        engine.generate("tiny", "the", raw=True, options=opts | {"seed": s}).text for s in (1, 2, 3)
+    }
+    assert a == b
+    assert len(others | {a}) > 1
+
+
+def test_embeddings_are_pooled_and_normalized(engine: ff.Engine) -> None:
+    r = engine.embed("tiny", ["the hot word", "what is your time", "the hot word"])
+    a, b, c = r.embeddings
+    assert len(a) == 64
+    assert math.isclose(sum(x * x for x in a), 1.0, rel_tol=1e-5)
+    assert max(abs(x - y) for x, y in zip(a, c, strict=True)) < 1e-5  # batching jitter only
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) > 1e-2
+    assert r.stats.prompt_eval_count > 6
+
+
+@pytest.mark.parametrize("text", ["Hello the world", "  two  spaces", "héllo 日本 🙂\nnew"])
+def test_tokenize_round_trip(engine: ff.Engine, text: str) -> None:
+    ids = engine.tokenize("tiny", text)
+    assert ids and all(isinstance(i, int) for i in ids)
+    assert engine.detokenize("tiny", ids) == text
+
+
+def test_prompt_longer_than_context_is_refused(engine: ff.Engine) -> None:
+    with pytest.raises(ContextOverflow) as e:
+        engine.generate("tiny", "word " * 600, raw=True)
+    assert e.value.limit == 512 and e.value.tokens > 512
+    assert f"{e.value.tokens} tokens" in str(e.value)
+
+
+def test_corrupt_files_are_refused_and_engine_keeps_serving(
+    engine: ff.Engine, tmp_path: Path
+) -> None:
+    good = Path(engine.show("tiny").path).read_bytes()
+    cases = {
+        "truncated.gguf": good[: len(good) // 2],
+        "header.gguf": good[:40],
+        "magic.gguf": b"GGML" + good[4:],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidModelFile):
+            engine.pull(str(tmp_path / name))
+    assert all(not m.name.startswith(("truncated", "header", "magic")) for m in engine.list())
+    assert engine.generate("tiny", "the", raw=True, options=GREEDY).text
+
+
+def test_eight_threads_on_one_model(engine: ff.Engine) -> None:
+    prompts = [f"the {w}" for w in ("hot", "word", "time", "way", "one", "she", "if", "them")]
+    expected = {p: engine.generate("tiny", p, raw=True, options=GREEDY).text for p in prompts}
+    got: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def work(p: str) -> None:
+        try:
+            chunks = engine.generate("tiny", p, raw=True, options=GREEDY, stream=True)
+            got[p] = "".join(c.text for c in chunks)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert got == expected
+
+
+def test_closing_a_stream_stops_generation(engine: ff.Engine) -> None:
+    stream = engine.generate(
+        "tiny", "the", raw=True, stream=True, options={"temperature": 0, "max_tokens": 400}
+    )
+    first = [next(stream) for _ in range(3)]
+    stream.close()  # type: ignore[attr-defined]
+    assert all(not c.done for c in first)
+    after = engine.generate("tiny", "the", raw=True, options=GREEDY)
+    assert after.stats.eval_count == 24
