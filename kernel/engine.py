@@ -94,13 +94,13 @@ class AsyncEngine:
     @contextlib.asynccontextmanager
     async def _lease(
         self,
-        model: str,
+        model: str | Manifest,
         load: LoadOptions | None = None,
         keep_alive: KeepAlive = None,
         options: InferenceOptions | None = None,
         priority: int = 0,
     ) -> AsyncIterator[Lease]:
-        manifest = self.store.get(model)
+        manifest = self.store.get(model) if isinstance(model, str) else model
         key = str(parse_name(manifest.name))
         opts = load or self._opts.get(key) or self._default_opts()
         if options is not None and options.num_ctx:
@@ -203,7 +203,10 @@ class AsyncEngine:
         priority: int,
     ) -> AsyncGenerator[Chunk, None]:
         start = time.perf_counter_ns()
-        async with self._lease(model, load, keep_alive, req.options, priority) as lease:
+        manifest = self.store.get(model)
+        if manifest.options:  # the model's defaults, under what the request sets
+            req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
+        async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
             task = "chat" if isinstance(req, ChatRequest) else "generate"
             _require(lease.mold, task)
             async for chunk in lease.mold.infer_stream(req):

@@ -56,6 +56,17 @@ def test_chat_uses_the_models_template(engine: ff.Engine) -> None:
     assert templated.text == chat.text
 
 
+def test_manifest_options_are_defaults_under_the_request(engine: ff.Engine) -> None:
+    m = engine.show("tiny")
+    engine.store.save(m.model_copy(update={"name": "tiny:greedy", "options": GREEDY}))
+    greedy = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)
+    by_default = engine.generate("tiny:greedy", "the hot word", raw=True)
+    assert (by_default.text, by_default.stats.eval_count) == (greedy.text, 24)
+    hot = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 7}
+    assert engine.generate("tiny:greedy", "the hot word", raw=True, options=hot).text != greedy.text
+    engine.store.rm("tiny:greedy")
+
+
 def test_stream_matches_whole(engine: ff.Engine) -> None:
     whole = engine.generate("tiny", "you said", raw=True, options=GREEDY)
     chunks = list(engine.generate("tiny", "you said", raw=True, options=GREEDY, stream=True))

@@ -186,6 +186,8 @@ def show(args: argparse.Namespace) -> int:
         ("path", m.path),
         ("managed", "yes" if m.managed else "no (registered in place)"),
     ]
+    if m.options:
+        fields.append(("options", json.dumps(m.options)))
     if md.description:
         fields.append(("description", md.description))
     width = max(len(k) for k, _ in fields)

@@ -78,6 +78,7 @@ class CatalogEntry:
     context_size: int | None = None
     license: str | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def source(self, kind: str) -> Source | None:
         return next((s for s in self.sources if s.kind == kind), None)
@@ -182,6 +183,8 @@ CATALOG: Mapping[str, CatalogEntry] = MappingProxyType(
             description="SmolLM2 135M Instruct, Q4_1: a small chat model (ChatML template)",
             architecture="llama",
             license="apache-2.0",
+            # The model card's sampling; at Ollama's 0.8 this small model rambles.
+            options=MappingProxyType({"temperature": 0.2, "top_p": 0.9}),
         ),
         "gemma3:270m": CatalogEntry(
             name="gemma3:270m",

