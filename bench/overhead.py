@@ -89,7 +89,7 @@ def child(kind: str, model: str, n_ctx: int, threads: int) -> None:
             out = llm.create_completion(
                 PROMPT, max_tokens=n, temperature=0.0, top_k=40, top_p=0.9, repeat_penalty=1.1
             )
-            return int(out["usage"]["completion_tokens"])
+            return int(out["usage"]["completion_tokens"])  # type: ignore[index]
     else:
         engine = ff.Engine(ff.Settings(num_ctx=n_ctx, threads=threads))
         chunks = engine.generate(
