@@ -16,8 +16,9 @@ from ferrousforge.errors import (
 )
 from ferrousforge.progress import Progress, ProgressCallback
 from ferrousforge.store.catalog import CatalogEntry, CatalogFile, HFSource, PyPISource, WheelMember
+from ferrousforge.store.formats import folder_digest
 from ferrousforge.store.manifest import FileEntry
-from ferrousforge.store.store import Store, folder_digest
+from ferrousforge.store.store import Store
 
 FOLDER = {
     "config.json": b'{"model_type": "bert"}',

@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urldefrag, urlparse
 
@@ -34,24 +33,24 @@ from ..errors import (
     UnsupportedFormat,
 )
 from ..progress import Progress, ProgressCallback, ignore
-from ..schema import ModelMetadata
 from . import pypi
 from .catalog import CATALOG, CatalogEntry, HFSource, PyPISource, Source, lookup
+from .formats import (
+    check_sha,
+    detect_format,
+    folder_digest,
+    has_file,
+    hash_file,
+    listing,
+    metadata_for,
+    validate,
+)
 from .manifest import FileEntry, Manifest
 from .names import ModelName, manifest_relpath, parse_name, sanitize
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("pypi", "hf")
-FORMATS = "gguf (file), onnx (file or folder), safetensors (folder with config.json)"
-_BLOCK = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def folder_digest(files: Iterable[FileEntry]) -> str:
-    """The sha256 of a folder model: of its ``sha256sum``-style listing, sorted by path."""
-    listing = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
-    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 class Store:
@@ -202,7 +201,7 @@ class Store:
             if entry is not None:
                 manifest = self._pull_catalog(entry, target, progress)
             elif path.exists():
-                manifest = self._pull_local(path, target, _check_sha(sha256), progress)
+                manifest = self._pull_local(path, target, check_sha(sha256), progress)
             else:
                 known = ", ".join(self.catalog)
                 raise ModelNotFound(spec, f"not a file, URL or catalog model ({known})")
@@ -279,7 +278,7 @@ class Store:
                 continue
             if entry.format == "gguf":
                 try:
-                    _validated(staging, "gguf")
+                    validate(staging, "gguf")
                 except InvalidModelFile:
                     staging.unlink()
                     raise
@@ -302,7 +301,7 @@ class Store:
         dests: dict[str, Path],
         progress: ProgressCallback,
     ) -> None:
-        todo = [f for f in entry.files if not _has_file(dests[f.path], f.sha256)]
+        todo = [f for f in entry.files if not has_file(dests[f.path], f.sha256)]
         if not todo:
             return
         if isinstance(source, HFSource):
@@ -338,17 +337,19 @@ class Store:
     ) -> Manifest:
         path = path.resolve()
         fmt = detect_format(path)
-        header = _validated(path, fmt)
+        header = validate(path, fmt)
         if path.is_dir():
             files = [
                 FileEntry(
-                    path=rel, sha256=_hash(path / rel, progress), size=(path / rel).stat().st_size
+                    path=rel,
+                    sha256=hash_file(path / rel, progress),
+                    size=(path / rel).stat().st_size,
                 )
-                for rel in _listing(path)
+                for rel in listing(path)
             ]
             digest = folder_digest(files)
         else:
-            digest = _hash(path, progress)
+            digest = hash_file(path, progress)
             files = [FileEntry(path=path.name, sha256=digest, size=path.stat().st_size)]
         if sha256 and sha256 != digest:
             raise InvalidModelFile(f"sha256 mismatch for {path}: expected {sha256}, got {digest}")
@@ -361,7 +362,7 @@ class Store:
             sha256=digest,
             size=sum(f.size for f in files),
             files=files,
-            metadata=_metadata(path, fmt, header, sum(f.size for f in files)),
+            metadata=metadata_for(path, fmt, header, sum(f.size for f in files)),
         )
         self.save(manifest)
         return manifest
@@ -372,14 +373,14 @@ class Store:
         url, fragment = urldefrag(spec)
         if sha256 is None and fragment.startswith("sha256="):
             sha256 = fragment.removeprefix("sha256=")
-        expected = _check_sha(sha256)
+        expected = check_sha(sha256)
         filename = unquote(PurePosixPath(urlparse(url).path).name) or "model"
         target = target or ModelName(sanitize(PurePosixPath(filename).stem or filename))
         blob = self.blobs / f"sha256-{expected}"
         if expected and blob.is_file():
             digest = expected
             fmt = detect_format(blob, filename)
-            header = _validated(blob, fmt)
+            header = validate(blob, fmt)
         else:
             staging = self.partial / hashlib.sha256(url.encode()).hexdigest()
             from .download import download  # lazy: httpx costs import time
@@ -394,7 +395,7 @@ class Store:
             )
             try:
                 fmt = detect_format(staging, filename)
-                header = _validated(staging, fmt)
+                header = validate(staging, fmt)
             except (InvalidModelFile, UnsupportedFormat):
                 staging.unlink(missing_ok=True)
                 raise
@@ -410,74 +411,8 @@ class Store:
             sha256=digest,
             size=size,
             files=[FileEntry(path=filename, sha256=digest, size=size)],
-            metadata=_metadata(blob, fmt, header, size),
+            metadata=metadata_for(blob, fmt, header, size),
         )
         progress(Progress("writing manifest"))
         self.save(manifest)
         return manifest
-
-
-def detect_format(path: Path, filename: str | None = None) -> str:
-    """The model format of a file or folder, from its content and then its name."""
-    if path.is_dir():
-        names = {p.name for p in path.iterdir()}
-        if any(n.endswith(".onnx") for n in names):
-            return "onnx"
-        if "config.json" in names and any(n.endswith(".safetensors") for n in names):
-            return "safetensors"
-        raise UnsupportedFormat(f"unsupported model folder {path}; known formats: {FORMATS}")
-    with path.open("rb") as f:
-        magic = f.read(4)
-    suffix = PurePosixPath(filename or path.name).suffix.lower()
-    if magic == gguf.MAGIC or suffix == ".gguf":
-        return "gguf"
-    if suffix == ".onnx":
-        return "onnx"
-    raise UnsupportedFormat(f"unsupported model file {path}; known formats: {FORMATS}")
-
-
-def _validated(path: Path, fmt: str) -> gguf.GGUFHeader | None:
-    """Check a GGUF file's header (InvalidModelFile when bad); other formats pass as is."""
-    return gguf.read_header(path) if fmt == "gguf" else None
-
-
-def _metadata(path: Path, fmt: str, header: gguf.GGUFHeader | None, size: int) -> ModelMetadata:
-    if header is not None:
-        return gguf.gguf_metadata(path, header)
-    return ModelMetadata(name=path.name, format=fmt, size=size)
-
-
-def _check_sha(sha256: str | None) -> str | None:
-    if sha256 is None:
-        return None
-    if not _SHA256.fullmatch(sha256.lower()):
-        raise StorageError(f"invalid sha256 {sha256!r}: expected 64 hexadecimal digits")
-    return sha256.lower()
-
-
-def _listing(folder: Path) -> list[str]:
-    """Relative paths of the regular files in ``folder``, skipping hidden ones."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(root).relative_to(folder)
-        found += [(rel / f).as_posix() for f in files if not f.startswith(".")]
-    return sorted(found)
-
-
-def _hash(path: Path, progress: ProgressCallback) -> str:
-    total, done, hasher = path.stat().st_size, 0, hashlib.sha256()
-    step, next_event = max(_BLOCK, total // 100), 0
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            hasher.update(block)
-            done += len(block)
-            if done >= next_event or done == total:
-                progress(Progress(f"hashing {path.name}", total, done))
-                next_event = done + step
-    return hasher.hexdigest()
-
-
-def _has_file(path: Path, sha256: str) -> bool:
-    """Whether a previous, interrupted pull already left this verified file in staging."""
-    return path.is_file() and _hash(path, ignore) == sha256

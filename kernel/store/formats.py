@@ -1,0 +1,91 @@
+"""Model formats and files: detection, header validation, listings and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from .. import gguf
+from ..errors import StorageError, UnsupportedFormat
+from ..progress import Progress, ProgressCallback, ignore
+from ..schema import ModelMetadata
+from .manifest import FileEntry
+
+FORMATS = "gguf (file), onnx (file or folder), safetensors (folder with config.json)"
+_BLOCK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def folder_digest(files: Iterable[FileEntry]) -> str:
+    """The sha256 of a folder model: of its ``sha256sum``-style listing, sorted by path."""
+    listing = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def detect_format(path: Path, filename: str | None = None) -> str:
+    """The model format of a file or folder, from its content and then its name."""
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if any(n.endswith(".onnx") for n in names):
+            return "onnx"
+        if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+            return "safetensors"
+        raise UnsupportedFormat(f"unsupported model folder {path}; known formats: {FORMATS}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    suffix = PurePosixPath(filename or path.name).suffix.lower()
+    if magic == gguf.MAGIC or suffix == ".gguf":
+        return "gguf"
+    if suffix == ".onnx":
+        return "onnx"
+    raise UnsupportedFormat(f"unsupported model file {path}; known formats: {FORMATS}")
+
+
+def validate(path: Path, fmt: str) -> gguf.GGUFHeader | None:
+    """Check a GGUF file's header (InvalidModelFile when bad); other formats pass as is."""
+    return gguf.read_header(path) if fmt == "gguf" else None
+
+
+def metadata_for(path: Path, fmt: str, header: gguf.GGUFHeader | None, size: int) -> ModelMetadata:
+    if header is not None:
+        return gguf.gguf_metadata(path, header)
+    return ModelMetadata(name=path.name, format=fmt, size=size)
+
+
+def check_sha(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    if not _SHA256.fullmatch(sha256.lower()):
+        raise StorageError(f"invalid sha256 {sha256!r}: expected 64 hexadecimal digits")
+    return sha256.lower()
+
+
+def listing(folder: Path) -> list[str]:
+    """Relative paths of the regular files in ``folder``, skipping hidden ones."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(folder)
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def hash_file(path: Path, progress: ProgressCallback) -> str:
+    total, done, hasher = path.stat().st_size, 0, hashlib.sha256()
+    step, next_event = max(_BLOCK, total // 100), 0
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            hasher.update(block)
+            done += len(block)
+            if done >= next_event or done == total:
+                progress(Progress(f"hashing {path.name}", total, done))
+                next_event = done + step
+    return hasher.hexdigest()
+
+
+def has_file(path: Path, sha256: str) -> bool:
+    """Whether a previous, interrupted pull already left this verified file in staging."""
+    return path.is_file() and hash_file(path, ignore) == sha256
