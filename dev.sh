@@ -42,11 +42,15 @@ setup_llama() {
 }
 
 setup_project() {  # $1: extras, e.g. "llama" or "llama,dev"
-  local stamp="$VENV/.forge-setup-$1" sum
+  local stamp="$VENV/.forge-setup-$1" sum done extra
   sum=$(cat pyproject.toml dev.sh | sha256sum | cut -c1-64)
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && "$PY" -c "import ferrousforge" 2>/dev/null; then
-    return
-  fi
+  for done in "$VENV"/.forge-setup-*; do  # an install with these extras (or more) is current
+    [ "$(cat "$done" 2>/dev/null)" = "$sum" ] || continue
+    for extra in ${1//,/ }; do
+      [[ ",${done##*/.forge-setup-}," == *",$extra,"* ]] || continue 2
+    done
+    "$PY" -c "import ferrousforge" 2>/dev/null && return
+  done
   say "installing ferrousforge[$1] (editable)"
   "$PY" -m pip install -q -e ".[$1]"
   echo "$sum" >"$stamp"

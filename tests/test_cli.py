@@ -115,6 +115,35 @@ def test_embed_json(env: dict[str, str], tiny: Path) -> None:
     assert plain.startswith("64-d [")
 
 
+def test_ps_sees_models_loaded_by_another_process(env: dict[str, str], tiny: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_MODEL],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "loaded"
+    try:
+        rows = forge(env, "ps").stdout.splitlines()
+        assert rows[0].split()[:3] == ["NAME", "BACKEND", "DEVICE"]
+        name, backend, device = rows[1].split()[:3]
+        assert (name, backend, device) == ("tiny-model:latest", "llama_cpp", "cpu")
+        assert str(holder.pid) in rows[1] and "minutes from now" in rows[1]
+    finally:
+        holder.communicate("", timeout=60)
+    assert len(forge(env, "ps").stdout.splitlines()) == 1  # gone with its process
+
+
+HOLD_MODEL = """
+import sys, ferrousforge as ff
+with ff.Engine() as engine:
+    engine.load("tiny-model", keep_alive="10m")
+    print("loaded", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_devices_and_ps(env: dict[str, str]) -> None:
     r = forge(env, "devices")
     assert r.returncode == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ferrousforge as ff
-from ferrousforge.errors import ContextOverflow, InvalidModelFile
+from ferrousforge.errors import ContextOverflow, InsufficientMemory, InvalidModelFile
 
 from .tinymodel import write_tiny_gguf
 
@@ -117,6 +117,23 @@ def test_prompt_longer_than_context_is_refused(engine: ff.Engine) -> None:
         engine.generate("tiny", "word " * 600, raw=True)
     assert e.value.limit == 512 and e.value.tokens > 512
     assert f"{e.value.tokens} tokens" in str(e.value)
+
+
+def test_embedding_truncation_is_explicit(engine: ff.Engine) -> None:
+    long = "word " * 600
+    assert len(engine.embed("tiny", long).embeddings[0]) == 64  # truncate=True: cut to fit
+    with pytest.raises(ContextOverflow):
+        engine.embed("tiny", long, truncate=False)
+
+
+def test_memory_budget_refuses_a_real_model(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    with ff.Engine(ff.Settings(home=tmp_path / "home", max_memory=1 << 20)) as small:
+        small.pull(str(gguf), name="tiny")
+        with pytest.raises(InsufficientMemory) as e:
+            small.generate("tiny", "the", raw=True)
+        assert e.value.available == 1 << 20 and e.value.required > gguf.stat().st_size
+        assert small.ps() == []
 
 
 def test_corrupt_files_are_refused_and_engine_keeps_serving(

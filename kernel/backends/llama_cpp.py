@@ -8,6 +8,7 @@ wants (DESIGN.md §6).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from ..worker import Worker
 if TYPE_CHECKING:
     from .llama_runtime import LlamaRuntime
 
+log = logging.getLogger(__name__)
 _OVERHEAD = 32 << 20  # compute buffers and the like, beyond weights and KV cache
 
 
@@ -95,6 +97,8 @@ class LlamaCppMold:
 
         gpu = self.device != "cpu"
         layers = self._opts.gpu_layers if self._opts.gpu_layers is not None else -1
+        if not gpu and self._opts.gpu_layers:
+            log.warning("%s runs on cpu: gpu_layers=%d is ignored", self.name, layers)
         self._worker = Worker(f"llama:{self.name}")
         try:
             self._runtime = await self._worker.call(
