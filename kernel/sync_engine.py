@@ -7,6 +7,7 @@ caller's loop (a notebook's loop is already running) and many threads may call a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
@@ -79,6 +80,8 @@ class Engine:
         self._engine: AsyncEngine = self._loop.run(_make(settings, kw))
         self.settings = self._engine.settings
         self.store = self._engine.store
+        self._closed = False
+        atexit.register(self.close)  # unload cleanly even when the caller forgets to
 
     def __enter__(self) -> Engine:
         return self
@@ -87,6 +90,11 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        """Unload every model and stop the loop thread. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         self._loop.run(self._engine.close())
         self._loop.close()
 

@@ -24,12 +24,17 @@ from ..stops import StopMatcher
 log = logging.getLogger("ferrousforge.llama_cpp")
 
 
+# Reported at error level by llama.cpp, but expected: we ask decoders for mean pooling.
+_BENIGN = ("default pooling_type is",)
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
     """llama.cpp's own log lines go to logging (DEBUG unless an error), not to stderr."""
-    lvl = logging.ERROR if level == 3 else logging.DEBUG
+    line = text.decode(errors="replace").rstrip()
+    lvl = logging.ERROR if level == 3 and not any(b in line for b in _BENIGN) else logging.DEBUG
     if log.isEnabledFor(lvl):
-        log.log(lvl, "%s", text.decode(errors="replace").rstrip())
+        log.log(lvl, "%s", line)
 
 
 # ctypes must keep the callback alive for as long as llama.cpp may call it: module lifetime.
