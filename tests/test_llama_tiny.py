@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 import ferrousforge as ff
 from ferrousforge.errors import ContextOverflow, InsufficientMemory, InvalidModelFile
 
+from .threads import generate_in_threads
 from .tinymodel import write_tiny_gguf
 
 GREEDY = {"temperature": 0, "max_tokens": 24}
@@ -156,23 +156,7 @@ def test_corrupt_files_are_refused_and_engine_keeps_serving(
 def test_eight_threads_on_one_model(engine: ff.Engine) -> None:
     prompts = [f"the {w}" for w in ("hot", "word", "time", "way", "one", "she", "if", "them")]
     expected = {p: engine.generate("tiny", p, raw=True, options=GREEDY).text for p in prompts}
-    got: dict[str, str] = {}
-    errors: list[BaseException] = []
-
-    def work(p: str) -> None:
-        try:
-            chunks = engine.generate("tiny", p, raw=True, options=GREEDY, stream=True)
-            got[p] = "".join(c.text for c in chunks)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    assert got == expected
+    assert generate_in_threads(engine, "tiny", prompts, GREEDY) == expected
 
 
 def test_closing_a_stream_stops_generation(engine: ff.Engine) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 import ferrousforge as ff
+
+from .threads import generate_in_threads
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2:135m"
@@ -69,20 +70,5 @@ def test_eight_threads_on_smollm2(engine: ff.Engine) -> None:
     prompts = [f"Count from {i} to {i + 5}:" for i in range(8)]
     opts = {"temperature": 0, "max_tokens": 16}
     expected = {p: engine.generate(MODEL, p, raw=True, options=opts).text for p in prompts}
-    got: dict[str, str] = {}
-    errors: list[BaseException] = []
-
-    def work(p: str) -> None:
-        try:
-            got[p] = engine.generate(MODEL, p, raw=True, options=opts).text
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
-    assert got == expected
+    assert generate_in_threads(engine, MODEL, prompts, opts) == expected
     assert all(expected.values())
