@@ -19,7 +19,7 @@ import psutil
 from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
-from .errors import UnsupportedTask
+from .errors import ModelNotFound, UnsupportedTask
 from .mold import Device, LoadOptions, Mold
 from .progress import ProgressCallback, ignore
 from .runstate import RunState
@@ -124,15 +124,8 @@ class AsyncEngine:
 
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
-
-    async def _reap_forever(self) -> None:
-        while True:
-            if await self.scheduler.reap():
-                self._publish()
-            nxt = self.scheduler.next_expiry()
-            now = self.scheduler._clock()
-            await asyncio.sleep(1.0 if nxt is None else min(1.0, max(0.01, nxt - now)))
+            reaper = self.scheduler.run_reaper(on_reap=lambda _: self._publish())
+            self._reaper = asyncio.get_running_loop().create_task(reaper)
 
     def _publish(self) -> None:
         self._runstate.publish([asdict(m) for m in self.ps()])
@@ -161,7 +154,12 @@ class AsyncEngine:
         return next((m for m in self.ps() if m.name == name), self._row_for(lease.mold))
 
     async def unload(self, model: str) -> bool:
-        found = await self.scheduler.unload(str(parse_name(model)))
+        """Unload now, or once its running requests end; False if it was not loaded."""
+        try:
+            key = str(parse_name(self.store.get(model).name))
+        except ModelNotFound:  # removed from the store while loaded
+            key = str(parse_name(model))
+        found = await self.scheduler.unload(key)
         self._publish()
         return found
 

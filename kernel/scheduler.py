@@ -263,12 +263,15 @@ class Scheduler:
     def expires_in(self, runner: Runner) -> float | None:
         return None if runner.expires_at is None else runner.expires_at - self._clock()
 
-    async def run_reaper(self, max_sleep: float = 1.0) -> None:
+    async def run_reaper(
+        self, max_sleep: float = 1.0, on_reap: Callable[[list[str]], None] | None = None
+    ) -> None:
         """Reap forever, waking for the next expiry or after ``max_sleep`` seconds."""
         while True:
-            await self.reap()
+            if (reaped := await self.reap()) and on_reap is not None:
+                on_reap(reaped)
             nxt = self.next_expiry()
-            wait = max_sleep if nxt is None else min(max_sleep, max(0.0, nxt - self._clock()))
+            wait = max_sleep if nxt is None else min(max_sleep, max(0.01, nxt - self._clock()))
             await asyncio.sleep(wait)
 
     async def close(self) -> None:

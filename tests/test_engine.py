@@ -114,6 +114,18 @@ async def test_ps_unload_and_runstate(engine: ff.AsyncEngine) -> None:
     await engine.close()
 
 
+async def test_background_reaper_unloads_expired_models(engine: ff.AsyncEngine) -> None:
+    await engine.generate("echo:1", "x", keep_alive="50ms")
+    assert [m.name for m in engine.ps()] == ["echo:1"]
+    for _ in range(500):  # the reaper wakes at the expiry; give a busy machine 5 s
+        if not engine.ps():
+            break
+        await asyncio.sleep(0.01)
+    assert engine.ps() == []
+    assert read_all(engine.settings.home) == []
+    await engine.close()
+
+
 async def test_keep_alive_zero_unloads_after_request(engine: ff.AsyncEngine) -> None:
     await engine.generate("echo:1", "x", keep_alive=0)
     assert engine.ps() == []
