@@ -6,8 +6,8 @@ import platform
 
 import psutil
 
-from .backends import Backends
-from .errors import DeviceUnavailable
+from .backends import Backends, extra_for
+from .errors import DeviceUnavailable, MissingExtra, UnsupportedFormat
 from .mold import Backend, Device, LoadOptions
 from .store.manifest import Manifest
 
@@ -37,8 +37,13 @@ def choose(
     lists what is there.
     """
     backend = backends.get(opts.backend) if opts.backend else backends.for_format(manifest.format)
-    if opts.backend and manifest.format not in backend.formats:
-        backends.for_format(manifest.format)  # raises with the formats that are known
+    if manifest.format not in backend.formats:
+        raise UnsupportedFormat(
+            f"backend {backend.name} does not read {manifest.format} models; "
+            f"it reads: {', '.join(sorted(backend.formats))}"
+        )
+    if not backend.available():
+        raise MissingExtra(f"the {backend.name} backend", extra_for(backend.name))
     devices = backend.devices()
     if opts.device:
         wanted = normalize(opts.device)
@@ -63,4 +68,7 @@ def choose(
             or d.memory_free >= need
         ):
             return backend, d
-    return backend, next(d for d in devices if d.id == "cpu")
+    cpus = [d for d in devices if d.id == "cpu"]
+    if not cpus:
+        raise DeviceUnavailable(f"{backend.name} reports no usable device")
+    return backend, cpus[0]

@@ -50,7 +50,7 @@ class Backends:
                 return b
         if readers:
             b = readers[0]
-            raise MissingExtra(f"the {b.name} backend for {fmt} models", _extra(b.name))
+            raise MissingExtra(f"the {b.name} backend for {fmt} models", extra_for(b.name))
         known = sorted({f for b in self._by_name.values() for f in b.formats})
         raise UnsupportedFormat(f"no backend reads {fmt!r} models; known formats: {known}")
 
@@ -75,5 +75,6 @@ class Backends:
         return list(merged.values())
 
 
-def _extra(backend: str) -> str:
+def extra_for(backend: str) -> str:
+    """The pip extra that installs ``backend``'s runtime."""
     return {"llama_cpp": "llama"}.get(backend, backend)

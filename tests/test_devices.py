@@ -1,0 +1,93 @@
+"""Backend and device choice (seed §2.4) against fake backends that report GPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferrousforge.backends import Backends
+from ferrousforge.devices import choose, cpu_device
+from ferrousforge.errors import DeviceUnavailable, MissingExtra, UnsupportedFormat
+from ferrousforge.mold import Device, LoadOptions, Mold
+from ferrousforge.schema import ModelMetadata, ModelRequirements
+from ferrousforge.store.manifest import Manifest
+
+GB = 1 << 30
+
+
+class FakeBackend:
+    """Implements the Backend protocol with a configurable set of devices."""
+
+    def __init__(self, name: str, formats: set[str], devices: list[Device], ok: bool = True):
+        self.name, self.formats, self._devices, self._ok = name, frozenset(formats), devices, ok
+
+    def available(self) -> bool:
+        return self._ok
+
+    def devices(self) -> list[Device]:
+        return self._devices
+
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
+        return manifest.size
+
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
+        raise NotImplementedError("choice only")
+
+
+def manifest(fmt: str = "gguf", gpu_required: bool = False) -> Manifest:
+    meta = ModelMetadata(requirements=ModelRequirements(gpu_required=gpu_required))
+    return Manifest(
+        name="m:1", source="t", format=fmt, path="/x", sha256="0" * 64, size=GB, metadata=meta
+    )
+
+
+CPU = cpu_device("fake")
+CUDA0 = Device("cuda:0", "Fake GPU", 8 * GB, 6 * GB, ("fake",))
+SMALL = Device("cuda:1", "Small GPU", 1 * GB, GB // 2, ("fake",))
+
+
+def test_gpu_with_room_beats_cpu() -> None:
+    b = Backends([FakeBackend("fake", {"gguf"}, [CPU, SMALL, CUDA0])])
+    assert choose(manifest(), b, LoadOptions(), need=2 * GB)[1].id == "cuda:0"
+    assert choose(manifest(), b, LoadOptions(), need=7 * GB)[1].id == "cpu"
+
+
+def test_explicit_device_wins_or_fails_listing_what_is_there() -> None:
+    b = Backends([FakeBackend("fake", {"gguf"}, [CPU, CUDA0])])
+    assert choose(manifest(), b, LoadOptions(device="CPU"))[1].id == "cpu"
+    assert choose(manifest(), b, LoadOptions(device="cuda"))[1].id == "cuda:0"
+    with pytest.raises(DeviceUnavailable, match=r"'metal:0'.*available: cpu, cuda:0"):
+        choose(manifest(), b, LoadOptions(device="metal"))
+
+
+def test_gpu_required_without_gpu_is_an_error() -> None:
+    b = Backends([FakeBackend("fake", {"gguf"}, [CPU])])
+    with pytest.raises(DeviceUnavailable, match="requires a GPU"):
+        choose(manifest(gpu_required=True), b, LoadOptions())
+    b = Backends([FakeBackend("fake", {"gguf"}, [CPU, SMALL])])
+    assert choose(manifest(gpu_required=True), b, LoadOptions(), need=4 * GB)[1].id == "cuda:1"
+
+
+def test_format_picks_the_first_available_backend() -> None:
+    missing = FakeBackend("absent", {"onnx"}, [CPU], ok=False)
+    b = Backends([missing, FakeBackend("a", {"gguf"}, [CPU]), FakeBackend("b", {"gguf"}, [CPU])])
+    assert choose(manifest(), b, LoadOptions())[0].name == "a"
+    assert choose(manifest(), b, LoadOptions(backend="b"))[0].name == "b"
+    with pytest.raises(MissingExtra, match=r"pip install 'ferrousforge\[absent\]'"):
+        choose(manifest("onnx"), b, LoadOptions())
+    with pytest.raises(UnsupportedFormat, match="known formats"):
+        choose(manifest("tflite"), b, LoadOptions())
+    with pytest.raises(UnsupportedFormat, match="backend a does not read onnx"):
+        choose(manifest("onnx"), b, LoadOptions(backend="a"))
+    with pytest.raises(MissingExtra, match="absent"):
+        choose(manifest("onnx"), b, LoadOptions(backend="absent"))
+
+
+def test_devices_merge_across_backends() -> None:
+    b = Backends(
+        [
+            FakeBackend("x", {"gguf"}, [CPU, CUDA0]),
+            FakeBackend("y", {"onnx"}, [cpu_device("y"), CUDA0]),
+        ]
+    )
+    merged = {d.id: d.backends for d in b.devices()}
+    assert merged == {"cpu": ("fake", "y"), "cuda:0": ("fake",)}
