@@ -24,17 +24,18 @@ from ..stops import StopMatcher
 log = logging.getLogger("ferrousforge.llama_cpp")
 
 
-# Reported at error level by llama.cpp, but expected: we ask decoders for mean pooling.
-_BENIGN = ("default pooling_type is",)
+# ggml's levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation. llama.cpp's
+# warnings are tuning notices (SWA cache size, pooling defaults): info here, not the user's
+# terminal. Errors stay errors.
+_LEVELS = {3: logging.INFO, 4: logging.ERROR}
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
-    """llama.cpp's own log lines go to logging (DEBUG unless an error), not to stderr."""
-    line = text.decode(errors="replace").rstrip()
-    lvl = logging.ERROR if level == 3 and not any(b in line for b in _BENIGN) else logging.DEBUG
+    """llama.cpp's own log lines go to logging, not straight to stderr."""
+    lvl = _LEVELS.get(level, logging.DEBUG)
     if log.isEnabledFor(lvl):
-        log.log(lvl, "%s", line)
+        log.log(lvl, "%s", text.decode(errors="replace").rstrip())
 
 
 # ctypes must keep the callback alive for as long as llama.cpp may call it: module lifetime.

@@ -15,7 +15,7 @@ from ..runstate import read_all
 from ..schema import Chunk, Message
 from ..store.catalog import lookup
 from ..sync_engine import Engine
-from .render import ProgressBars, ago, err, out, size, table, until
+from .render import ProgressBars, ago, clip, err, out, size, table, until
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -156,7 +156,7 @@ def list_models(args: argparse.Namespace) -> int:
 
     s = load_settings()
     rows = [
-        (m.name, m.sha256[:12], size(m.size), m.format, m.source, ago(m.created_at))
+        (m.name, m.sha256[:12], size(m.size), m.format, clip(m.source, 48), ago(m.created_at))
         for m in Store(s.home).list()
     ]
     out(table(("NAME", "ID", "SIZE", "FORMAT", "SOURCE", "MODIFIED"), rows))

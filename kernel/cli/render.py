@@ -32,6 +32,10 @@ def size(n: int | None) -> str:
     return str(n)
 
 
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def ago(iso: str) -> str:
     from datetime import datetime
 
