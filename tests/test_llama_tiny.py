@@ -39,6 +39,16 @@ def test_load_picks_llama_cpp_on_cpu(engine: ff.Engine) -> None:
     assert row.memory > engine.show("tiny").size
 
 
+def test_other_load_options_reload_the_model(engine: ff.Engine) -> None:
+    assert engine.load("tiny", num_ctx=256).context_length == 256  # llama.cpp pads to 256
+    engine.generate("tiny", "the", raw=True, options=GREEDY)  # keeps the loaded options
+    assert [m.context_length for m in engine.ps() if m.name == "tiny:latest"] == [256]
+    with pytest.raises(ContextOverflow):
+        engine.generate("tiny", "word " * 80, raw=True)
+    assert engine.load("tiny", num_ctx=512).context_length == 512
+    assert engine.generate("tiny", "word " * 80, raw=True, options=GREEDY).text
+
+
 def test_raw_completion_is_deterministic_when_greedy(engine: ff.Engine) -> None:
     a = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)
     b = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import zipfile
 from pathlib import Path
 
@@ -240,6 +241,25 @@ def test_url_pull_resumes(tmp_path, http_server, gguf_bytes):
     assert Path(m.path).read_bytes() == gguf_bytes
     assert http_server.requests[-1][1]["Range"] == f"bytes={len(gguf_bytes) // 3}-"
     assert list((store.home / "partial").iterdir()) == []
+
+
+def test_concurrent_pulls_of_one_url_download_once(tmp_path, http_server, gguf_bytes):
+    url = http_server.add("/tiny.gguf", gguf_bytes) + f"#sha256={sha(gguf_bytes)}"
+    http_server.stall = 0.5  # the first pull holds the lock at least this long
+    events: list[Progress] = []
+    results: list[str] = []
+
+    def pull() -> None:  # each thread its own Store, as two processes would have
+        results.append(Store(tmp_path / "home").pull(url, progress=events.append).sha256)
+
+    threads = [threading.Thread(target=pull) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [sha(gguf_bytes)] * 2
+    assert len(http_server.requests) == 1  # the second waited, then found the blob
+    assert any(e.status.startswith("waiting for another pull") for e in events)
 
 
 def test_url_checksum_mismatch(tmp_path, http_server, gguf_bytes):

@@ -6,6 +6,7 @@ Layout::
     home/blobs/sha256-<hex>                                    a single-file model
     home/blobs/sha256-<hex>/                                   a folder model (digest of listing)
     home/partial/                                              downloads in progress, never listed
+    home/locks/                                                one lock file per pull in flight
 
 A manifest is written (atomically) only after every file is verified; GGUF files are also
 header-checked first. Local files are registered in place and never copied or deleted.
@@ -45,6 +46,7 @@ from .formats import (
     metadata_for,
     validate,
 )
+from .locks import pull_lock
 from .manifest import FileEntry, Manifest
 from .names import ModelName, manifest_relpath, parse_name, sanitize
 
@@ -72,6 +74,7 @@ class Store:
             raise ConfigError(f"unknown model source {unknown[0]!r}; known: {', '.join(SOURCES)}")
         self.home = Path(home).expanduser().absolute()
         self.blobs, self.partial = self.home / "blobs", self.home / "partial"
+        self.locks = self.home / "locks"
         self.pip_args, self.sources = tuple(pip_args), tuple(sources)
         self.hf_endpoint, self.hf_token = hf_endpoint.rstrip("/"), hf_token
         self.catalog = CATALOG if catalog is None else catalog
@@ -191,7 +194,8 @@ class Store:
         """
         target = parse_name(name) if name is not None else None
         if spec.startswith(("http://", "https://")):
-            manifest = self._pull_url(spec, target, sha256, progress)
+            with pull_lock(self.locks, urldefrag(spec)[0], progress):
+                manifest = self._pull_url(spec, target, sha256, progress)
         else:
             try:
                 entry = lookup(spec, self.catalog)
@@ -199,7 +203,8 @@ class Store:
                 entry = None
             path = Path(spec).expanduser()
             if entry is not None:
-                manifest = self._pull_catalog(entry, target, progress)
+                with pull_lock(self.locks, entry.name, progress):
+                    manifest = self._pull_catalog(entry, target, progress)
             elif path.exists():
                 manifest = self._pull_local(path, target, check_sha(sha256), progress)
             else:
