@@ -95,14 +95,14 @@ def test_interactive_run(env: dict[str, str], tiny: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    os.write(main, b"hi\n/clear\nagain\n/bye\n")
+    os.write(main, b'hi\n/clear\n"""two\nlines"""\n/nope\n/bye\n')
     out, err = proc.communicate(timeout=120)
     os.close(main)
     os.close(term)
     assert proc.returncode == 0, err
     assert err.count("tokens at") == 2  # two answers, with timings
-    assert "(conversation cleared)" in err
-    assert out.count(">>> ") == 4
+    assert "(conversation cleared)" in err and "unknown command /nope" in err
+    assert out.count(">>> ") == 5 and out.count("... ") == 1
 
 
 def test_embed_json(env: dict[str, str], tiny: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -114,18 +115,29 @@ def _print_stream(stream: Iterator[Chunk], verbose: bool) -> str:
     return "".join(parts)
 
 
+HELP = "\n".join(
+    [
+        "/clear  forget the conversation",
+        "/bye    exit (Ctrl-D too)",
+        '"""     start and end a message of several lines',
+        "Ctrl-C  stop the answer being written",
+    ]
+)
+
+
 def _repl(answer: Callable[[str], str], history: list[Message]) -> int:
-    err("Type a message; /clear forgets the conversation, /bye (or Ctrl-D) exits.")
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    err('Type a message; """ starts several lines, /help lists commands, /bye exits.')
     while True:
         try:
-            line = input(">>> ")
+            text = _read_message()
         except EOFError:
             out()
             return 0
         except KeyboardInterrupt:
             out()
             continue
-        text = line.strip()
         if not text:
             continue
         if text in ("/bye", "/exit", "/quit"):
@@ -133,11 +145,24 @@ def _repl(answer: Callable[[str], str], history: list[Message]) -> int:
         if text == "/clear":
             del history[sum(1 for m in history if m.role == "system") :]
             err("(conversation cleared)")
-            continue
-        if text in ("/help", "/?"):
-            err("/clear  forget the conversation\n/bye    exit")
-            continue
-        answer(text)
+        elif text in ("/help", "/?"):
+            err(HELP)
+        elif text.startswith("/"):
+            err(f"unknown command {text.split()[0]}; /help lists them")
+        else:
+            answer(text)
+
+
+def _read_message() -> str:
+    """One message: a line, or the lines between two triple quotes."""
+    line = input(">>> ").strip()
+    if not line.startswith('"""'):
+        return line
+    lines = [line[3:]]
+    while not lines[-1].endswith('"""'):
+        lines.append(input("... "))
+    lines[-1] = lines[-1][:-3]
+    return "\n".join(lines).strip()
 
 
 def pull(args: argparse.Namespace) -> int:

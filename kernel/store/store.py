@@ -99,7 +99,7 @@ class Store:
             manifest = self._read(candidate)
             if manifest is not None:
                 return manifest
-        hint = f"run: forge pull {name}" if lookup(n, self.catalog) else ""
+        hint = f"run: forge pull {name}" if lookup(n, self.catalog) else "see: forge list"
         raise ModelNotFound(str(n), hint)
 
     def exists(self, name: str | ModelName) -> bool:
