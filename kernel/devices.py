@@ -28,13 +28,12 @@ def normalize(device_id: str) -> str:
     return f"{d}:0" if d in GPU_KINDS else d
 
 
-def choose(
-    manifest: Manifest, backends: Backends, opts: LoadOptions, need: int | None = None
-) -> tuple[Backend, Device]:
+def choose(manifest: Manifest, backends: Backends, opts: LoadOptions) -> tuple[Backend, Device]:
     """Pick the backend and device for a model; explicit choices in ``opts`` win.
 
-    Never falls back silently: a requested device that is not there is an error that
-    lists what is there.
+    Without them: the first GPU with room for the model (its estimated memory, or the
+    model's ``min_vram`` if larger), else the CPU. Never falls back silently: a requested
+    device that is not there is an error that lists what is there.
     """
     backend = backends.get(opts.backend) if opts.backend else backends.for_format(manifest.format)
     if manifest.format not in backend.formats:
@@ -60,13 +59,10 @@ def choose(
             f"{manifest.name} requires a GPU and {backend.name} sees none; "
             f"available: {', '.join(d.id for d in devices)}"
         )
+    req = manifest.metadata.requirements
+    need = max(backend.estimate_memory(manifest, opts), req.min_vram or 0)
     for d in gpus:  # a GPU with room for the model beats the CPU
-        if (
-            manifest.metadata.requirements.gpu_required
-            or need is None
-            or d.memory_free is None
-            or d.memory_free >= need
-        ):
+        if req.gpu_required or d.memory_free is None or d.memory_free >= need:
             return backend, d
     cpus = [d for d in devices if d.id == "cpu"]
     if not cpus:

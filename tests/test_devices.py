@@ -34,10 +34,13 @@ class FakeBackend:
         return NullBackend().open(manifest, device, opts)
 
 
-def manifest(fmt: str = "gguf", gpu_required: bool = False) -> Manifest:
-    meta = ModelMetadata(requirements=ModelRequirements(gpu_required=gpu_required))
+def manifest(
+    fmt: str = "gguf", gpu_required: bool = False, size: int = GB, min_vram: int | None = None
+) -> Manifest:
+    req = ModelRequirements(gpu_required=gpu_required, min_vram=min_vram)
+    meta = ModelMetadata(requirements=req)
     return Manifest(
-        name="m:1", source="t", format=fmt, path="/x", sha256="0" * 64, size=GB, metadata=meta
+        name="m:1", source="t", format=fmt, path="/x", sha256="0" * 64, size=size, metadata=meta
     )
 
 
@@ -48,8 +51,10 @@ SMALL = Device("cuda:1", "Small GPU", 1 * GB, GB // 2, ("fake",))
 
 def test_gpu_with_room_beats_cpu() -> None:
     b = Backends([FakeBackend("fake", {"gguf"}, [CPU, SMALL, CUDA0])])
-    assert choose(manifest(), b, LoadOptions(), need=2 * GB)[1].id == "cuda:0"
-    assert choose(manifest(), b, LoadOptions(), need=7 * GB)[1].id == "cpu"
+    assert choose(manifest(size=2 * GB), b, LoadOptions())[1].id == "cuda:0"
+    assert choose(manifest(size=7 * GB), b, LoadOptions())[1].id == "cpu"
+    assert choose(manifest(size=GB // 4), b, LoadOptions())[1].id == "cuda:1"
+    assert choose(manifest(size=GB // 4, min_vram=GB), b, LoadOptions())[1].id == "cuda:0"
 
 
 def test_explicit_device_wins_or_fails_listing_what_is_there() -> None:
@@ -65,7 +70,7 @@ def test_gpu_required_without_gpu_is_an_error() -> None:
     with pytest.raises(DeviceUnavailable, match="requires a GPU"):
         choose(manifest(gpu_required=True), b, LoadOptions())
     b = Backends([FakeBackend("fake", {"gguf"}, [CPU, SMALL])])
-    assert choose(manifest(gpu_required=True), b, LoadOptions(), need=4 * GB)[1].id == "cuda:1"
+    assert choose(manifest(gpu_required=True, size=4 * GB), b, LoadOptions())[1].id == "cuda:1"
 
 
 def test_format_picks_the_first_available_backend() -> None:
