@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from pathlib import Path
 
 import psutil
 
@@ -17,9 +19,17 @@ GPU_KINDS = ("cuda", "metal", "vulkan")
 def cpu_device(backend: str) -> Device:
     """The host CPU with its RAM; always present."""
     mem = psutil.virtual_memory()
-    name = platform.processor() or platform.machine() or "cpu"
+    name = _cpu_model() or platform.processor() or platform.machine() or "cpu"
     cores = psutil.cpu_count(logical=True) or 1
     return Device("cpu", f"{name} ({cores} threads)", mem.total, mem.available, (backend,))
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return ""
 
 
 def normalize(device_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 
+from ..devices import cpu_device
 from ..mold import Device
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ def ggml_devices(backend: str) -> list[Device]:
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         name = (lib.ggml_backend_dev_description(dev) or b"").decode() or reg
-        if kind == "cpu":
-            dev_id = "cpu"
-        else:
-            dev_id = f"{kind}:{counts.get(kind, 0)}"
-            counts[kind] = counts.get(kind, 0) + 1
+        if kind == "cpu":  # ggml reports all RAM as free; psutil knows better
+            host = cpu_device(backend)
+            devices.append(
+                Device("cpu", host.name, host.memory_total, host.memory_free, (backend,))
+            )
+            continue
+        dev_id = f"{kind}:{counts.get(kind, 0)}"
+        counts[kind] = counts.get(kind, 0) + 1
         devices.append(Device(dev_id, name, total.value or None, free.value, (backend,)))
     return devices

@@ -50,7 +50,7 @@ class LlamaCppBackend:
         from .ggml_devices import ggml_devices
 
         found = ggml_devices(self.name)
-        if not any(d.id == "cpu" for d in found):
+        if not any(d.id == "cpu" for d in found):  # a GPU-only build still runs on the host
             found.insert(0, cpu_device(self.name))
         return found
 
