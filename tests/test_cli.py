@@ -157,9 +157,14 @@ def test_devices_and_ps(env: dict[str, str]) -> None:
     ("args", "message"),
     [
         (("run", "nope", "hi"), "Error: model 'nope:latest' not found"),
-        (("pull", "../x"), "Error: "),
+        (("pull", "./missing.gguf"), "Error: model './missing.gguf' not found; not a file"),
+        (("show", "../x"), "Error: invalid model name '../x'"),
+        (("show", ""), "Error: invalid model name ''"),
+        (("show", "m" * 130), "Error: invalid model name 'mmm"),
+        (("cp", "tiny-model", "a/b/c"), "Error: invalid model name 'a/b/c'"),
         (("run", "tiny-model", "x", "--device", "cuda:3"), "Error: device 'cuda:3' is not"),
-        (("show", ""), "Error: "),
+        (("run", "tiny-model", "x", "--backend", "tvm"), "Error: unknown backend 'tvm'"),
+        (("run", "tiny-model", "x", "--keep-alive", "soon"), "Error: bad duration 'soon'"),
     ],
 )
 def test_errors_are_one_line(
