@@ -69,6 +69,24 @@ class Settings(BaseSettings):
     device: str | None = None
     log_level: str = "WARNING"
 
+    # -- the HTTP server (forge serve) --
+    host: str = "127.0.0.1"
+    port: int = Field(11434, ge=0, le=65535, description="Ollama's port, so tools find it")
+    preload: list[str] = Field(default_factory=list, description="models loaded at start")
+    api_keys: list[str] = Field(default_factory=list, description="keys or sha256:<hex>")
+    api_keys_file: Path | None = None
+    jwt_secret: str | None = Field(None, description="HS256 secret")
+    jwt_public_key: str | None = Field(None, description="RS256 PEM key, or a path to one")
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256", "RS256"])
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    rate_limit_rpm: int | None = Field(None, ge=1, description="requests/min per client")
+    rate_limit_tpm: int | None = Field(None, ge=1, description="tokens/min per client")
+    max_body_bytes: int = Field(8 << 20, ge=1, description="larger requests get 413")
+    request_timeout: float | None = Field(None, gt=0, description="seconds per request")
+    cors_origins: list[str] = Field(default_factory=list)
+    log_format: str = Field("text", pattern="^(text|json)$")
+
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float | None:

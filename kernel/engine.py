@@ -20,10 +20,11 @@ from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
 from .errors import ModelNotFound, UnsupportedTask
+from .hooks import Hooks, InferenceEvent, ModelEvent, current_client, current_request_id
 from .mold import Device, LoadOptions, Mold
 from .progress import ProgressCallback, ignore
 from .runstate import RunState
-from .scheduler import Lease, Scheduler
+from .scheduler import Lease, Runner, Scheduler
 from .schema import (
     ChatRequest,
     Chunk,
@@ -66,8 +67,10 @@ class AsyncEngine:
         backends: Backends | None = None,
         memory_probe: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hooks: Hooks | None = None,
     ) -> None:
         s = self.settings = settings or load_settings()
+        self.hooks = Hooks.discover() if hooks is None else hooks
         self.store = store or Store(
             s.home, pip_args=s.pip_args, hf_endpoint=s.hf_endpoint, sources=s.pull_sources
         )
@@ -82,10 +85,13 @@ class AsyncEngine:
             default_keep_alive=s.keep_alive,
             memory_probe=memory_probe or (lambda: psutil.virtual_memory().available),
             clock=clock,
+            on_load=lambda r: self.hooks.model_loaded(_model_event(r)),
+            on_unload=lambda r: self.hooks.model_unloaded(_model_event(r, loaded=False)),
         )
         self._opts: dict[str, LoadOptions] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._runstate = RunState(s.home)
+        self.generated_tokens = 0  # live, across all models: what /metrics reports
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -194,26 +200,46 @@ class AsyncEngine:
 
     # -- inference -------------------------------------------------------------------
 
-    async def _stream(
+    async def stream(
         self,
         model: str,
         req: GenerateRequest | ChatRequest,
-        keep_alive: KeepAlive,
-        load: LoadOptions | None,
-        priority: int,
+        *,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[Chunk, None]:
+        """Stream the answer to a full request record (what the HTTP API builds)."""
         start = time.perf_counter_ns()
         manifest = self.store.get(model)
         if manifest.options:  # the model's defaults, under what the request sets
             req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
+        task = "chat" if isinstance(req, ChatRequest) else "generate"
+        event = InferenceEvent(manifest.name, task, current_request_id.get(), current_client.get())
+        first, last, error = 0, Chunk(), None
         async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
-            task = "chat" if isinstance(req, ChatRequest) else "generate"
             _require(lease.mold, task)
-            async for chunk in lease.mold.infer_stream(req):
-                if chunk.done and chunk.stats is not None:
-                    chunk.stats.load_duration = lease.load_duration
-                    chunk.stats.total_duration = time.perf_counter_ns() - start
-                yield chunk
+            self.hooks.inference_started(event)
+            seen = 0
+            try:
+                async for last in lease.mold.infer_stream(req):
+                    if last.text:
+                        first = first or time.perf_counter_ns() - start
+                        seen += 1
+                        self.generated_tokens += 1
+                    if last.done and last.stats is not None:
+                        last.stats.load_duration = lease.load_duration
+                        last.stats.total_duration = time.perf_counter_ns() - start
+                        self.generated_tokens += last.stats.eval_count - seen  # exact at the end
+                    yield last
+            except BaseException as e:
+                error = (
+                    "cancelled" if isinstance(e, GeneratorExit | asyncio.CancelledError) else str(e)
+                )
+                raise
+            finally:
+                end = replace(event, stats=last.stats, first_token_ns=first, error=error)
+                self.hooks.inference_ended(end)
 
     def generate_stream(
         self,
@@ -229,7 +255,7 @@ class AsyncEngine:
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a completion. Unless ``raw``, the model's chat template is applied."""
         req = GenerateRequest(prompt=prompt, system=system, raw=raw, options=_opts(options))
-        return self._stream(model, req, keep_alive, load, priority)
+        return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     def chat_stream(
         self,
@@ -244,7 +270,7 @@ class AsyncEngine:
         """Stream a chat reply rendered through the model's own chat template."""
         msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
         req = ChatRequest(messages=msgs, options=_opts(options))
-        return self._stream(model, req, keep_alive, load, priority)
+        return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def generate(self, model: str, prompt: str, **kw: Any) -> Result:
         return await collect(self.generate_stream(model, prompt, **kw))
@@ -264,11 +290,21 @@ class AsyncEngine:
         """Embeddings, one vector per input text."""
         texts = [input] if isinstance(input, str) else list(input)
         start = time.perf_counter_ns()
-        async with self._lease(model, load, keep_alive) as lease:
+        manifest = self.store.get(model)
+        event = InferenceEvent(
+            manifest.name, "embed", current_request_id.get(), current_client.get()
+        )
+        async with self._lease(manifest, load, keep_alive) as lease:
             _require(lease.mold, "embed")
-            result = await lease.mold.infer(EmbedRequest(input=texts, truncate=truncate))
+            self.hooks.inference_started(event)
+            try:
+                result = await lease.mold.infer(EmbedRequest(input=texts, truncate=truncate))
+            except BaseException as e:
+                self.hooks.inference_ended(replace(event, error=str(e) or type(e).__name__))
+                raise
         result.stats.load_duration = lease.load_duration
         result.stats.total_duration = time.perf_counter_ns() - start
+        self.hooks.inference_ended(replace(event, stats=result.stats))
         return result
 
     async def tokenize(self, model: str, text: str) -> list[int]:
@@ -309,3 +345,8 @@ def _require(mold: Mold, task: str) -> None:
         raise UnsupportedTask(
             f"{mold.name} cannot {task}; it supports: {', '.join(sorted(mold.tasks))}"
         )
+
+
+def _model_event(r: Runner, loaded: bool = True) -> ModelEvent:
+    m = r.mold
+    return ModelEvent(r.key, m.backend, m.device, m.memory, r.load_duration if loaded else 0)

@@ -16,7 +16,12 @@
     ├── ConfigError                 400
     │   ├── DeviceUnavailable       400
     │   └── MissingExtra            501  (names the pip extra to install)
-    └── QueueFull                   503
+    ├── QueueFull                   503
+    └── RequestError                400  (the HTTP boundary)
+        ├── Unauthorized            401
+        ├── PayloadTooLarge         413
+        ├── RateLimited             429  (.retry_after in seconds)
+        └── RequestTimeout          504
 
 Errors from outside libraries are translated at the boundary with ``raise ... from``.
 ``str(err)`` is always one readable line.
@@ -118,6 +123,32 @@ class MissingExtra(ConfigError):
 
 class QueueFull(ForgeError):
     status = 503
+
+
+class RequestError(ForgeError):
+    """A request refused at the HTTP boundary."""
+
+    status = 400
+
+
+class Unauthorized(RequestError):
+    status = 401
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
+class RateLimited(RequestError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"{message}; retry after {retry_after:.0f} s")
+
+
+class RequestTimeout(RequestError):
+    status = 504
 
 
 def _mib(n: int) -> str:

@@ -99,10 +99,13 @@ class Scheduler:
         default_keep_alive: float = 300.0,
         memory_probe: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[Runner], None] | None = None,
+        on_unload: Callable[[Runner], None] | None = None,
     ) -> None:
         self.max_loaded, self.num_parallel, self.max_queue = max_loaded, num_parallel, max_queue
         self.max_memory, self.default_keep_alive = max_memory, default_keep_alive
         self._probe, self._clock = memory_probe, clock
+        self._on_load, self._on_unload = on_load, on_unload
         self.runners: dict[str, Runner] = {}
         self._loading: dict[str, asyncio.Future[Runner]] = {}
         self._load_lock = asyncio.Lock()
@@ -192,6 +195,8 @@ class Scheduler:
         self.runners[key] = runner
         self.loads += 1
         log.info("loaded %s on %s/%s", key, mold.backend, mold.device)
+        if self._on_load is not None:
+            self._on_load(runner)
         return runner
 
     def available_memory(self) -> int:
@@ -230,6 +235,8 @@ class Scheduler:
             await runner.mold.unload()
         finally:
             log.info("unloaded %s", runner.key)
+            if self._on_unload is not None:
+                self._on_unload(runner)
             async with self._changed:
                 self._changed.notify_all()
 

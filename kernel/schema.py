@@ -87,21 +87,31 @@ class InferenceOptions(BaseModel):
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+Format = Literal["json"] | dict[str, Any] | None  # "json", or a JSON schema the output obeys
 
 
 class GenerateRequest(BaseModel):
-    """Raw completion. ``raw=True`` sends the prompt as is, without the system prompt."""
+    """A completion. Unless ``raw``, the prompt goes through the chat template (or
+    ``template``, an Ollama-style override); ``context`` continues an earlier answer."""
 
     prompt: str
     system: str | None = None
     raw: bool = False
+    template: str | None = None
+    context: list[int] | None = None
+    format: Format = None
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
 class ChatRequest(BaseModel):
-    """Chat, rendered through the model's own chat template."""
+    """Chat, rendered through the model's own chat template (with ``tools`` if given)."""
 
     messages: list[Message]
+    tools: list[dict[str, Any]] | None = None
+    format: Format = None
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
@@ -140,6 +150,7 @@ class Chunk:
     done: bool = False
     done_reason: DoneReason | None = None
     stats: Stats | None = None
+    context: list[int] | None = None  # on the last chunk: prompt and answer tokens
 
 
 @dataclass(slots=True)
@@ -148,6 +159,7 @@ class Result:
     embeddings: list[list[float]] = field(default_factory=list)
     done_reason: DoneReason | None = None
     stats: Stats = field(default_factory=Stats)
+    context: list[int] | None = None
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> Result:
@@ -156,4 +168,9 @@ async def collect(stream: AsyncIterator[Chunk]) -> Result:
     last = Chunk()
     async for last in stream:
         parts.append(last.text)
-    return Result("".join(parts), done_reason=last.done_reason, stats=last.stats or Stats())
+    return Result(
+        "".join(parts),
+        done_reason=last.done_reason,
+        stats=last.stats or Stats(),
+        context=last.context,
+    )

@@ -28,6 +28,7 @@ from ..schema import (
     collect,
 )
 from ..store.manifest import Manifest
+from ..templates import render_go_template
 from ..worker import Worker
 
 if TYPE_CHECKING:
@@ -138,9 +139,13 @@ class LlamaCppMold:
 
     def _prompt(self, rt: LlamaRuntime, req: GenerateRequest | ChatRequest) -> str:
         if isinstance(req, ChatRequest):
-            return rt.render(req.messages)
+            return rt.render(req.messages, req.tools)
         if req.raw:
             return req.prompt
+        if req.template is not None:
+            return render_go_template(
+                req.template, System=req.system or "", Prompt=req.prompt, Response=""
+            )
         if rt.template:  # Ollama's generate: the prompt goes through the template
             msgs = [Message(role="system", content=req.system)] if req.system else []
             return rt.render([*msgs, Message(role="user", content=req.prompt)])
@@ -150,8 +155,11 @@ class LlamaCppMold:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
             raise UnsupportedTask("infer_stream takes a generate or chat request")
+        prefix = req.context or () if isinstance(req, GenerateRequest) else ()
         async for chunk in worker.stream(
-            lambda cancel: rt.generate(self._prompt(rt, req), req.options, cancel)
+            lambda cancel: rt.generate(
+                self._prompt(rt, req), req.options, cancel, prefix=prefix, fmt=req.format
+            )
         ):
             yield chunk
 

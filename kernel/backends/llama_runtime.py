@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import llama_cpp
 
 from ..errors import ContextOverflow, InferenceError, InvalidModelFile, UnsupportedTask
-from ..schema import Chunk, InferenceOptions, Message, Stats
+from ..schema import Chunk, Format, InferenceOptions, Message, Stats
 from ..stops import StopMatcher
 
 log = logging.getLogger("ferrousforge.llama_cpp")
@@ -86,15 +87,15 @@ class LlamaRuntime:
 
     # -- text ------------------------------------------------------------------------
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt for ``messages`` through the model's own chat template."""
         if self._formatter is None:
             raise UnsupportedTask(
                 "this model has no chat template; use generate with raw=True instead"
             )
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        msgs = [m.model_dump(exclude_none=True) for m in messages]
         try:
-            return str(self._formatter(messages=msgs).prompt)
+            return str(self._formatter(messages=msgs, tools=tools).prompt)
         except Exception as e:  # jinja errors and the template's raise_exception
             raise InferenceError(f"chat template failed: {e}") from e
 
@@ -118,20 +119,42 @@ class LlamaRuntime:
 
     # -- generation ------------------------------------------------------------------
 
-    def prompt_tokens(self, prompt: str) -> list[int]:
+    def prompt_tokens(self, prompt: str, prefix: Sequence[int] = ()) -> list[int]:
         bos = self._text(self.llm.token_bos())
-        tokens = self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
+        first = not prefix and not (bos and prompt.startswith(bos))
+        tokens = [*prefix, *self.tokenize(prompt, add_special=first)]
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(len(tokens), self.n_ctx)
         return tokens
 
+    def grammar(self, fmt: Format) -> Any:
+        """A llama.cpp grammar that forces JSON, or JSON matching a schema."""
+        if fmt is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        try:
+            if fmt == "json":
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+        except Exception as e:  # a schema the converter cannot express
+            raise InferenceError(f"cannot use this format: {e}") from e
+
     def generate(
-        self, prompt: str, options: InferenceOptions, cancel: threading.Event
+        self,
+        prompt: str,
+        options: InferenceOptions,
+        cancel: threading.Event,
+        *,
+        prefix: Sequence[int] = (),
+        fmt: Format = None,
     ) -> Iterator[Chunk]:
-        """Stream the completion of ``prompt``; stops at end-of-generation, a stop string,
-        ``max_tokens``, the end of the context, or ``cancel``."""
+        """Stream the completion of ``prefix`` tokens + ``prompt``; stops at end-of-generation,
+        a stop string, ``max_tokens``, the end of the context, or ``cancel``."""
         start = time.perf_counter_ns()
-        tokens = self.prompt_tokens(prompt)
+        tokens = self.prompt_tokens(prompt, prefix)
+        grammar = self.grammar(fmt)
+        answer: list[int] = []
         o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
         budget = self.n_ctx - len(tokens)
         if (limit := o.get("max_tokens")) is not None and limit >= 0:
@@ -147,6 +170,7 @@ class LlamaRuntime:
             min_p=0.0,
             temp=o["temperature"],
             repeat_penalty=o["repetition_penalty"],
+            grammar=grammar,
         )
         try:
             while count < budget:
@@ -157,6 +181,7 @@ class LlamaRuntime:
                     reason = "stop"
                     break
                 count += 1
+                answer.append(token)
                 text = matcher.feed(decoder.decode(self._piece(token)))
                 if text:
                     yield Chunk(text)
@@ -173,7 +198,8 @@ class LlamaRuntime:
         end = time.perf_counter_ns()
         first = first or end
         stats = Stats(len(tokens), first - start, count, end - first)
-        yield Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
+        context = tokens + answer
+        yield Chunk(done=True, done_reason=reason, stats=stats, context=context)  # type: ignore[arg-type]
 
     # -- embeddings ------------------------------------------------------------------
 

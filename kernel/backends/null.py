@@ -2,7 +2,8 @@
 
 A manifest of format ``null`` configures it through ``metadata.extra``: ``reply`` (text to
 answer; default: echo the prompt), ``token_delay`` and ``load_delay`` (seconds), ``memory``
-(bytes), ``dims`` (embedding size), ``fail_load`` (error message).
+(bytes), ``dims`` (embedding size), ``fail_load`` (error message), ``fail_after`` (raise
+InferenceError after that many tokens).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from ..devices import cpu_device
-from ..errors import InvalidModelFile, UnsupportedTask
+from ..errors import InferenceError, InvalidModelFile, UnsupportedTask
 from ..mold import Device, LoadOptions, Mold
 from ..schema import (
     ChatRequest,
@@ -96,10 +97,13 @@ class NullMold:
         delay = float(self._extra.get("token_delay", 0))
         matcher = StopMatcher(req.options.stop)
         count, reason = 0, "stop"
+        fail_after = self._extra.get("fail_after")
         for word in words:
             if limit is not None and 0 <= limit <= count:
                 reason = "length"
                 break
+            if fail_after is not None and count >= int(fail_after):
+                raise InferenceError(f"null model failed after {count} tokens, as configured")
             await asyncio.sleep(delay)
             count += 1
             if text := matcher.feed(word + " "):

@@ -165,6 +165,26 @@ def _read_message() -> str:
     return "\n".join(lines).strip()
 
 
+def serve(args: argparse.Namespace) -> int:
+    from ..api.logs import configure
+    from ..api.server import serve as run_server
+
+    settings = load_settings(
+        host=args.host,
+        port=args.port,
+        preload=args.preload,
+        api_keys=args.api_keys,
+        api_keys_file=args.api_keys_file,
+        log_format=args.log_format,
+    )
+    configure(args.log_level or "INFO", settings.log_format)
+    for name in settings.preload:  # catalog models are pulled first, with progress
+        with _engine() as engine:
+            _ensure_pulled(engine, name)
+    run_server(settings)
+    return 0
+
+
 def pull(args: argparse.Namespace) -> int:
     bars = ProgressBars()
     with _engine() as engine:

@@ -20,6 +20,7 @@ FerrousForge runs ML models locally through one engine.
   forge run smollm2:135m           chat with it; add a prompt to answer once and exit
   forge list / show / rm / cp      manage the model store ($FORGE_HOME, ~/.ferrousforge)
   forge ps / devices               what is loaded, and what hardware can run it
+  forge serve                      the Ollama/OpenAI-compatible API on 127.0.0.1:11434
 
 Settings come from flags, then FORGE_* environment variables, then $FORGE_HOME/config.toml.
 """
@@ -67,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence (repeatable)")
     p.add_argument("--verbose", action="store_true", help="print timings after each answer")
     _load_flags(p)
+
+    p = cmd("serve", "Serve the Ollama- and OpenAI-compatible HTTP API", commands.serve)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 11434, Ollama's)")
+    p.add_argument(
+        "--preload",
+        action="append",
+        metavar="MODEL",
+        help="load this model at start and keep it (repeatable)",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="require this key (or sha256:<hex>) as Authorization: Bearer",
+    )
+    p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
+    p.add_argument("--log-format", choices=["text", "json"])
 
     p = cmd("pull", "Fetch a model into the store", commands.pull)
     p.add_argument("spec", help="catalog name (smollm2:135m), local file or folder, or URL")

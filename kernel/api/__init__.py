@@ -1,0 +1,1 @@
+"""The HTTP API: Ollama- and OpenAI-compatible routes over the engine."""

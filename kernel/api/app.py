@@ -1,0 +1,148 @@
+"""The app factory: ``create_app(settings, engine)``. No module-level state.
+
+Errors become HTTP statuses in one place (``_forge_error``): each ForgeError carries its
+status; OpenAI routes get OpenAI's error body, the rest Ollama's ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from ..config import Settings
+from ..engine import AsyncEngine
+from ..errors import ForgeError, RateLimited
+from . import ollama, openai
+from .auth import Authenticator
+from .metrics import Metrics
+from .middleware import RequestContext
+from .ratelimit import RateLimiter
+from .security import TokenCharge, guard
+from .streaming import openai_error
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
+    """The HTTP API over ``engine``: Ollama's routes, OpenAI's under /v1, health, metrics."""
+    metrics = _metrics_of(engine)
+    limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    engine.hooks.add(TokenCharge(limiter))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        preload = asyncio.create_task(_preload(app, engine, settings.preload))
+        try:
+            yield
+        finally:
+            preload.cancel()
+            await engine.close()
+
+    app = FastAPI(
+        title="FerrousForge",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings, app.state.engine, app.state.ready = settings, engine, not settings.preload
+    app.state.auth = Authenticator.from_settings(
+        settings.api_keys,
+        settings.api_keys_file,
+        settings.jwt_secret,
+        settings.jwt_public_key,
+        settings.jwt_algorithms,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+    )
+    app.state.limiter = limiter
+    app.state.metrics = metrics
+
+    guarded = [Depends(guard)]
+    app.include_router(ollama.router, dependencies=guarded)
+    app.include_router(openai.router, dependencies=guarded)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Needs no key."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"], dependencies=guarded)
+    async def ready(request: Request) -> Response:
+        """Readiness: the models named in ``preload`` are loaded."""
+        ok = request.app.state.ready
+        body = {"status": "ready" if ok else "loading", "loaded": [m.name for m in engine.ps()]}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], dependencies=guarded)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_exception_handler(ForgeError, _forge_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["*"],
+        )
+    app.add_middleware(RequestContext, metrics=metrics, max_body=settings.max_body_bytes)
+    return app
+
+
+def _metrics_of(engine: AsyncEngine) -> Metrics:
+    """The engine's metrics plugin (found through the entry point), bound to the engine."""
+    found = next((p for p in engine.hooks.plugins if isinstance(p, Metrics)), None)
+    if found is None:
+        found = Metrics()
+        engine.hooks.add(found)
+    if not getattr(found, "bound", False):
+        found.bind(engine)
+        found.bound = True  # type: ignore[attr-defined]
+    return found
+
+
+async def _preload(app: FastAPI, engine: AsyncEngine, models: list[str]) -> None:
+    try:
+        for name in models:
+            await engine.load(name, keep_alive=-1)
+            log.info("preloaded %s", name)
+    except ForgeError as e:
+        log.error("preload failed: %s", e)
+        return
+    app.state.ready = True
+
+
+def _error_body(request: Request, e: BaseException, message: str) -> dict[str, Any]:
+    if request.url.path.startswith("/v1/"):
+        return openai_error(e)
+    return {"error": message}
+
+
+async def _forge_error(request: Request, e: ForgeError) -> JSONResponse:
+    headers = {}
+    if isinstance(e, RateLimited):
+        headers["Retry-After"] = str(max(1, round(e.retry_after)))
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(_error_body(request, e, str(e)), status_code=e.status, headers=headers)
+
+
+async def _bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = f"invalid request: {where + ': ' if where else ''}{first.get('msg', '')}"
+    err = ForgeError(message)
+    err.status = 400
+    return JSONResponse(_error_body(request, err, message), status_code=400)

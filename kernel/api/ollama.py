@@ -1,0 +1,367 @@
+"""Ollama's API (docs/api.md): NDJSON streams, nanosecond durations, the same field names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import __version__
+from ..errors import RequestError
+from ..progress import Progress
+from ..schema import (
+    ChatRequest,
+    Chunk,
+    GenerateRequest,
+    InferenceOptions,
+    Message,
+    Stats,
+)
+from .common import details, engine_of, iso, now_iso, primed
+from .streaming import ndjson
+
+router = APIRouter(tags=["ollama"])
+KeepAlive = str | float | int | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+
+    @field_validator("options")
+    @classmethod
+    def _checked(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        InferenceOptions.model_validate(v or {})
+        return v
+
+    def inference_options(self) -> InferenceOptions:
+        return InferenceOptions.model_validate(self.options or {})
+
+
+FormatField = Literal["json", ""] | dict[str, Any] | None
+
+
+class GenerateBody(_Body):
+    prompt: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    images: list[str] | None = None
+    format: FormatField = None
+    stream: bool = True
+    raw: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: FormatField = None
+    stream: bool = True
+
+
+class EmbedBody(_Body):
+    input: str | list[str]
+    truncate: bool = True
+
+
+class EmbeddingsBody(_Body):
+    prompt: str
+
+
+class NameBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    name: str = ""  # older clients send "name"
+    stream: bool = True
+
+    @property
+    def target(self) -> str:
+        if not (self.model or self.name):
+            raise RequestError("missing field 'model'")
+        return self.model or self.name
+
+
+class CopyBody(BaseModel):
+    source: str
+    destination: str
+
+
+def _stats(s: Stats | None) -> dict[str, int]:
+    s = s or Stats()
+    return {
+        "total_duration": s.total_duration,
+        "load_duration": s.load_duration,
+        "prompt_eval_count": s.prompt_eval_count,
+        "prompt_eval_duration": s.prompt_eval_duration,
+        "eval_count": s.eval_count,
+        "eval_duration": s.eval_duration,
+    }
+
+
+def _no_images(images: list[str] | None) -> None:
+    if images:
+        raise RequestError("images are not supported: no vision model runs in this engine yet")
+
+
+async def _respond(
+    request: Request, model: str, chunks: AsyncIterator[Chunk], shape: Any, stream: bool
+) -> Any:
+    """Stream ``shape(chunk)`` items, or fold them into one answer when ``stream`` is off."""
+    timeout = request.app.state.settings.request_timeout
+    items = await primed(chunks, timeout)
+    if stream:
+
+        async def encoded() -> AsyncIterator[dict[str, Any]]:
+            async for c in items:
+                yield shape(model, c)
+
+        return ndjson(encoded())
+    text, last = [], Chunk()
+    async for last in items:
+        text.append(last.text)
+    return shape(model, Chunk("".join(text), True, last.done_reason, last.stats, last.context))
+
+
+def _generate_item(model: str, c: Chunk) -> dict[str, Any]:
+    item = {"model": model, "created_at": now_iso(), "response": c.text, "done": c.done}
+    if c.done:
+        item |= {"done_reason": c.done_reason, "context": c.context or [], **_stats(c.stats)}
+    return item
+
+
+def _chat_item(model: str, c: Chunk) -> dict[str, Any]:
+    item = {
+        "model": model,
+        "created_at": now_iso(),
+        "message": {"role": "assistant", "content": c.text},
+        "done": c.done,
+    }
+    if c.done:
+        item |= {"done_reason": c.done_reason, **_stats(c.stats)}
+    return item
+
+
+async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, key: str) -> Any:
+    """Ollama's empty request: preload the model, or unload it with keep_alive 0."""
+    engine = engine_of(request)
+    name = engine.store.get(model).name
+    if keep_alive in (0, "0", "0s", "0m"):
+        await engine.unload(name)
+        reason = "unload"
+    else:
+        await engine.load(name, keep_alive=keep_alive)
+        reason = "load"
+    empty = (
+        {"response": ""} if key == "response" else {"message": {"role": "assistant", "content": ""}}
+    )
+    return {"model": name, "created_at": now_iso(), **empty, "done": True, "done_reason": reason}
+
+
+@router.post("/api/generate")
+async def generate(body: GenerateBody, request: Request) -> Any:
+    _no_images(body.images)
+    if not body.prompt and not body.context:
+        return await _load_or_unload(request, body.model, body.keep_alive, "response")
+    req = GenerateRequest(
+        prompt=body.prompt,
+        system=body.system,
+        raw=body.raw,
+        template=body.template,
+        context=body.context,
+        format=body.format or None,
+        options=body.inference_options(),
+    )
+    chunks = engine_of(request).stream(body.model, req, keep_alive=body.keep_alive)
+    return await _respond(request, body.model, chunks, _generate_item, body.stream)
+
+
+@router.post("/api/chat")
+async def chat(body: ChatBody, request: Request) -> Any:
+    for m in body.messages:
+        _no_images(m.images)
+    if not body.messages:
+        return await _load_or_unload(request, body.model, body.keep_alive, "message")
+    messages = [
+        Message(role=m.role, content=m.content, tool_calls=m.tool_calls) for m in body.messages
+    ]
+    req = ChatRequest(
+        messages=messages,
+        tools=body.tools,
+        format=body.format or None,
+        options=body.inference_options(),
+    )
+    chunks = engine_of(request).stream(body.model, req, keep_alive=body.keep_alive)
+    return await _respond(request, body.model, chunks, _chat_item, body.stream)
+
+
+@router.post("/api/embed")
+async def embed(body: EmbedBody, request: Request) -> dict[str, Any]:
+    r = await engine_of(request).embed(
+        body.model, body.input, truncate=body.truncate, keep_alive=body.keep_alive
+    )
+    return {
+        "model": body.model,
+        "embeddings": r.embeddings,
+        "total_duration": r.stats.total_duration,
+        "load_duration": r.stats.load_duration,
+        "prompt_eval_count": r.stats.prompt_eval_count,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
+    r = await engine_of(request).embed(body.model, body.prompt, keep_alive=body.keep_alive)
+    return {"embedding": r.embeddings[0]}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    models = engine_of(request).store.list()
+    return {
+        "models": [
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": m.created_at,
+                "size": m.size,
+                "digest": m.sha256,
+                "details": details(m),
+            }
+            for m in models
+        ]
+    }
+
+
+@router.post("/api/show")
+async def show(body: NameBody, request: Request) -> dict[str, Any]:
+    m = engine_of(request).store.get(body.target)
+    md = m.metadata
+    caps = ["completion"] if md.model_type == "llm" else []
+    caps += ["embedding"] if m.format == "gguf" or md.model_type == "embedding" else []
+    caps += ["tools"] if md.chat_template and "tools" in md.chat_template else []
+    info = {
+        "general.architecture": md.architecture,
+        "general.parameter_count": md.parameters,
+        f"{md.architecture}.context_length": md.context_size,
+    }
+    return {
+        "modelfile": f"# Modelfile generated by ferrousforge\nFROM {m.path}\n",
+        "parameters": "\n".join(f"{k} {json.dumps(v)}" for k, v in m.options.items()),
+        "template": md.chat_template or "",
+        "details": details(m),
+        "model_info": info,
+        "capabilities": caps,
+        "modified_at": m.created_at,
+    }
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    engine = engine_of(request)
+    rows = []
+    for r in engine.ps():
+        m = engine.store.get(r.name)
+        left = r.expires_in if r.expires_in is not None else 10 * 365 * 86400.0
+        rows.append(
+            {
+                "name": r.name,
+                "model": r.name,
+                "size": r.memory,
+                "digest": m.sha256,
+                "details": details(m),
+                "expires_at": iso(time.time() + left),
+                "size_vram": 0 if r.device == "cpu" else r.memory,
+                "context_length": r.context_length,
+            }
+        )
+    return {"models": rows}
+
+
+@router.post("/api/pull")
+async def pull(body: NameBody, request: Request) -> Any:
+    engine = engine_of(request)
+    spec = body.target
+    if not body.stream:
+        await engine.pull(spec)
+        return {"status": "success"}
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Progress | BaseException | None] = asyncio.Queue()
+
+    def report(p: Progress) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, p)
+
+    async def run() -> None:
+        try:
+            await engine.pull(spec, progress=report)
+        except BaseException as e:
+            events.put_nowait(e)
+            raise
+        else:
+            events.put_nowait(None)
+
+    task = asyncio.create_task(run())
+
+    async def progress() -> AsyncIterator[dict[str, Any]]:
+        try:
+            while (e := await events.get()) is not None:
+                if isinstance(e, BaseException):
+                    raise e
+                yield {
+                    k: v
+                    for k, v in {
+                        "status": e.status,
+                        "digest": e.digest,
+                        "total": e.total,
+                        "completed": e.completed,
+                    }.items()
+                    if v is not None
+                }
+        finally:
+            if not task.done():
+                task.cancel()
+
+    return ndjson(progress())
+
+
+@router.delete("/api/delete")
+async def delete(body: NameBody, request: Request) -> Response:
+    engine = engine_of(request)
+    name = engine.store.get(body.target).name
+    await engine.unload(name)
+    engine.store.rm(name)
+    return Response(status_code=200)
+
+
+@router.post("/api/copy")
+async def copy(body: CopyBody, request: Request) -> Response:
+    engine_of(request).store.cp(body.source, body.destination)
+    return Response(status_code=200)
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/", include_in_schema=False)
+@router.head("/", include_in_schema=False)
+async def root() -> Response:
+    return Response("Ollama is running (ferrousforge)", media_type="text/plain")

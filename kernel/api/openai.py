@@ -1,0 +1,216 @@
+"""OpenAI's API: chat and text completions (SSE streams), embeddings and models."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import RequestError
+from ..schema import ChatRequest, Chunk, Format, GenerateRequest, InferenceOptions, Message
+from .common import engine_of, primed
+from .streaming import sse
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+_REASON = {"stop": "stop", "length": "length", "cancel": "stop", None: "stop"}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+    def format(self) -> Format:
+        if self.type == "json_object":
+            return "json"
+        if self.type == "json_schema":
+            schema = (self.json_schema or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise RequestError("response_format.json_schema.schema must be a JSON schema")
+            return schema
+        return None
+
+
+class _Completion(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1)
+
+    def options(self) -> InferenceOptions:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return InferenceOptions(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=stop,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+        )
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: only text is understood
+            if any(p.get("type") != "text" for p in self.content):
+                raise RequestError("only text content parts are supported")
+            return "".join(str(p.get("text", "")) for p in self.content)
+        return self.content or ""
+
+
+class ChatBody(_Completion):
+    messages: list[ChatMessage] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class CompletionBody(_Completion):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=0)
+
+
+class EmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _usage(c: Chunk) -> dict[str, int]:
+    s = c.stats
+    p, e = (s.prompt_eval_count, s.eval_count) if s else (0, 0)
+    return {"prompt_tokens": p, "completion_tokens": e, "total_tokens": p + e}
+
+
+async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: Any) -> Any:
+    """Shared by chat and text completions: ``piece(text, finish)`` builds one choice."""
+    rid, created = f"{kind}-{uuid.uuid4().hex[:24]}", int(time.time())
+    obj = "chat.completion" if kind == "chatcmpl" else "text_completion"
+    chunks = engine_of(request).stream(body.model, req)
+    items = await primed(chunks, request.app.state.settings.request_timeout)
+    head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": "forge"}
+    if not body.stream:
+        text, last = [], Chunk()
+        async for last in items:
+            text.append(last.text)
+        choice = piece("".join(text), _REASON[last.done_reason], final=True)
+        return head | {"object": obj, "choices": [choice], "usage": _usage(last)}
+
+    usage = body.stream_options is not None and body.stream_options.include_usage
+    obj += ".chunk" if kind == "chatcmpl" else ""
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        last = Chunk()
+        async for last in items:
+            if last.text:
+                yield head | {"object": obj, "choices": [piece(last.text, None, final=False)]}
+        yield head | {"object": obj, "choices": [piece("", _REASON[last.done_reason], False)]}
+        if usage:
+            yield head | {"object": obj, "choices": [], "usage": _usage(last)}
+
+    return sse(events())
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatBody, request: Request) -> Any:
+    messages = [
+        Message(role="system" if m.role == "developer" else m.role, content=m.text())
+        for m in body.messages
+    ]
+    fmt = body.response_format.format() if body.response_format else None
+    req = ChatRequest(messages=messages, tools=body.tools, format=fmt, options=body.options())
+
+    def piece(text: str, finish: str | None, final: bool) -> dict[str, Any]:
+        key = "message" if final else "delta"
+        return {
+            "index": 0,
+            key: {"role": "assistant", "content": text},
+            "finish_reason": finish,
+            "logprobs": None,
+        }
+
+    return await _run(request, body, req, "chatcmpl", piece)
+
+
+@router.post("/completions")
+async def completions(body: CompletionBody, request: Request) -> Any:
+    if isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise RequestError("send one prompt per request")
+        prompt = body.prompt[0]
+    else:
+        prompt = body.prompt
+    req = GenerateRequest(prompt=prompt, raw=True, options=body.options())
+
+    def piece(text: str, finish: str | None, final: bool) -> dict[str, Any]:
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+    return await _run(request, body, req, "cmpl", piece)
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
+    r = await engine_of(request).embed(body.model, body.input)
+
+    def encode(v: list[float]) -> list[float] | str:
+        if body.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        return v
+
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode(v)}
+        for i, v in enumerate(r.embeddings)
+    ]
+    n = r.stats.prompt_eval_count
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": n, "total_tokens": n},
+    }
+
+
+def _model_card(name: str, created: str) -> dict[str, Any]:
+    from datetime import datetime
+
+    try:
+        ts = int(datetime.fromisoformat(created).timestamp())
+    except ValueError:
+        ts = 0
+    return {"id": name, "object": "model", "created": ts, "owned_by": "ferrousforge"}
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    found = engine_of(request).store.list()
+    return {"object": "list", "data": [_model_card(m.name, m.created_at) for m in found]}
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    m = engine_of(request).store.get(model_id)
+    return _model_card(m.name, m.created_at)

@@ -1,0 +1,29 @@
+"""The guard on every route but /health: who is asking, and may they ask now."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from ..hooks import InferenceEvent, current_client
+from .auth import Principal
+from .ratelimit import RateLimiter
+
+
+async def guard(request: Request) -> Principal:
+    """Authenticate (401) and admit under the rate limit (429); remember who asked."""
+    state = request.app.state
+    principal: Principal = state.auth.authenticate(request.headers.get("authorization"))
+    state.limiter.admit(principal.id)
+    current_client.set(principal.id)
+    return principal
+
+
+class TokenCharge:
+    """A hook plugin: charge each client's token budget with what its requests used."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    def on_inference_end(self, e: InferenceEvent) -> None:
+        if e.client and e.stats is not None:
+            self.limiter.charge(e.client, e.stats.prompt_eval_count + e.stats.eval_count)

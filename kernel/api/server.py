@@ -1,0 +1,56 @@
+"""``forge serve``: uvicorn on a socket bound here, so a busy port is a one-line error."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from ..config import Settings
+from ..engine import AsyncEngine
+from ..errors import ConfigError
+from .app import create_app
+
+if TYPE_CHECKING:
+    import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or ConfigError saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; is another server (ollama, "
+            "forge serve) running there? choose another with --port"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def make_server(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, AsyncEngine]:
+    """A uvicorn Server for the app over a new engine (run it with ``.run(sockets=[sock])``)."""
+    import uvicorn
+
+    engine = AsyncEngine(settings)
+    app = create_app(settings, engine)
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
+    return uvicorn.Server(config), engine
+
+
+def serve(settings: Settings) -> None:
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    server, _ = make_server(settings, sock)
+    log.warning(
+        "serving on http://%s:%d  (Ollama API /api, OpenAI API /v1, docs /docs)", host, port
+    )
+    server.run(sockets=[sock])
