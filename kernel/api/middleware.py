@@ -11,7 +11,6 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import PayloadTooLarge
 from ..hooks import current_request_id
 from .metrics import Metrics
 
@@ -34,19 +33,24 @@ class RequestContext:
             scope["headers"].append((b"content-type", b"application/json"))
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         token = current_request_id.set(rid)
-        start, status, received = time.perf_counter(), 500, 0
+        start, status, received, too_big = time.perf_counter(), 500, 0, False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, too_big
+            if too_big:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise PayloadTooLarge(f"request body over {self.max_body} bytes")
+                if received > self.max_body:  # the app sees a client gone; we answer 413
+                    too_big = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def tagged(message: Message) -> None:
             nonlocal status
+            if too_big:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
@@ -63,7 +67,14 @@ class RequestContext:
                 )
                 status = 413
                 return
-            await self.app(scope, limited, tagged)
+            try:
+                await self.app(scope, limited, tagged)
+            except Exception:
+                if not too_big:
+                    raise
+            if too_big:
+                status = 413
+                await _refuse(send, 413, f"request body over {self.max_body} bytes", rid)
         finally:
             took = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
