@@ -9,12 +9,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import ollama
+import openai
 import pytest
 
 import ferrousforge as ff
 
+from .apiserver import Running, running
 from .threads import generate_in_threads
 
 pytestmark = pytest.mark.slow
@@ -72,3 +79,74 @@ def test_eight_threads_on_smollm2(engine: ff.Engine) -> None:
     expected = {p: engine.generate(MODEL, p, raw=True, options=opts).text for p in prompts}
     assert generate_in_threads(engine, MODEL, prompts, opts) == expected
     assert all(expected.values())
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Running]:
+    with running(ff.Settings(home=home, num_ctx=2048)) as srv:
+        yield srv
+
+
+PARIS = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def test_ollama_client_on_smollm2(server: Running) -> None:
+    client: Any = ollama.Client(host=server.url)
+    r = client.chat(model=MODEL, messages=PARIS)
+    assert "Paris" in r.message.content
+    assert 1e6 <= r.eval_duration / r.eval_count <= 1e9  # plausible nanoseconds per token
+    assert 1e6 <= r.total_duration <= 120e9
+    parts = list(client.chat(model=MODEL, messages=PARIS, stream=True))
+    assert "Paris" in "".join(p.message.content for p in parts) and parts[-1].done
+    g = client.generate(
+        model=MODEL, prompt="1, 2, 3,", raw=True, options={"temperature": 0, "num_predict": 8}
+    )
+    assert "4" in g.response and g.eval_count == 8
+    e = client.embed(model=MODEL, input=["a cat sits", "stock market"])
+    assert len(e.embeddings) == 2 and len(e.embeddings[0]) == 576
+    assert MODEL in {m.model for m in client.list().models}
+    client._client.close()
+
+
+def test_openai_client_on_smollm2(server: Running) -> None:
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as c:
+        client: Any = c
+        r = client.chat.completions.create(model=MODEL, messages=PARIS)
+        assert "Paris" in r.choices[0].message.content
+        chunks = list(client.chat.completions.create(model=MODEL, messages=PARIS, stream=True))
+        assert "Paris" in "".join(x.choices[0].delta.content or "" for x in chunks if x.choices)
+        out = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Give a JSON object for Paris."}],
+            response_format={"type": "json_object"},
+            max_tokens=60,
+            temperature=0,
+        )
+        text = out.choices[0].message.content
+        assert text.lstrip().startswith("{")
+        e = client.embeddings.create(model=MODEL, input="a cat sits")
+        assert len(e.data[0].embedding) == 576
+
+
+def test_disconnect_stops_a_real_generation(server: Running) -> None:
+    def generated() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("forge_generated_tokens_total"))
+        return float(line.split()[1])
+
+    body = {"model": MODEL, "prompt": "Tell a very long story.", "options": {"num_predict": 1500}}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as s:
+        lines = s.iter_lines()
+        for _ in range(5):
+            next(lines)
+    start = time.monotonic()
+    r = httpx.post(
+        server.url + "/api/generate",
+        timeout=60,
+        json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 3}},
+    )
+    assert r.status_code == 200 and r.json()["eval_count"] == 3
+    assert time.monotonic() - start < 10  # 1500 tokens at ~100 tok/s would take 15 s
+    before = generated()
+    time.sleep(0.5)
+    assert generated() == before
