@@ -29,6 +29,7 @@ from .schema import (
     ChatRequest,
     Chunk,
     EmbedRequest,
+    Format,
     GenerateRequest,
     InferenceOptions,
     Message,
@@ -248,13 +249,24 @@ class AsyncEngine:
         *,
         system: str | None = None,
         raw: bool = False,
+        format: Format = None,
+        context: list[int] | None = None,
         options: InferenceOptions | dict[str, Any] | None = None,
         keep_alive: KeepAlive = None,
         load: LoadOptions | None = None,
         priority: int = 0,
     ) -> AsyncGenerator[Chunk, None]:
-        """Stream a completion. Unless ``raw``, the model's chat template is applied."""
-        req = GenerateRequest(prompt=prompt, system=system, raw=raw, options=_opts(options))
+        """Stream a completion. Unless ``raw``, the model's chat template is applied;
+        ``format`` ("json" or a JSON schema) constrains the output; ``context`` continues
+        an earlier answer (its ``Result.context``)."""
+        req = GenerateRequest(
+            prompt=prompt,
+            system=system,
+            raw=raw,
+            format=format,
+            context=context,
+            options=_opts(options),
+        )
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     def chat_stream(
@@ -262,6 +274,8 @@ class AsyncEngine:
         model: str,
         messages: Messages,
         *,
+        tools: list[dict[str, Any]] | None = None,
+        format: Format = None,
         options: InferenceOptions | dict[str, Any] | None = None,
         keep_alive: KeepAlive = None,
         load: LoadOptions | None = None,
@@ -269,7 +283,7 @@ class AsyncEngine:
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a chat reply rendered through the model's own chat template."""
         msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
-        req = ChatRequest(messages=msgs, options=_opts(options))
+        req = ChatRequest(messages=msgs, tools=tools, format=format, options=_opts(options))
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def generate(self, model: str, prompt: str, **kw: Any) -> Result:
