@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     request_timeout: float | None = Field(None, gt=0, description="seconds per request")
     cors_origins: list[str] = Field(default_factory=list)
     log_format: str = Field("text", pattern="^(text|json)$")
+    otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector, e.g. :4318")
 
     @field_validator("keep_alive", mode="before")
     @classmethod

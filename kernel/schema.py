@@ -78,10 +78,10 @@ class InferenceOptions(BaseModel):
         return data
 
     def merged(self, other: InferenceOptions | None) -> InferenceOptions:
-        """These options with every field that ``other`` sets explicitly laid over them."""
+        """These options with every field that ``other`` sets (to a value) laid over them."""
         if other is None:
             return self
-        return self.model_copy(update=other.model_dump(exclude_unset=True))
+        return self.model_copy(update=other.model_dump(exclude_unset=True, exclude_none=True))
 
 
 class Message(BaseModel):

@@ -160,3 +160,10 @@ def test_sync_engine_from_threads(tmp_path: Path) -> None:
         assert results == {i: f"n{i} done " for i in range(8)}
         chunks = list(engine.chat("echo:1", [{"role": "user", "content": "a b"}], stream=True))
         assert "".join(c.text for c in chunks) == "a b "
+
+
+def test_options_merge_ignores_explicit_nones() -> None:
+    base = ff.InferenceOptions(temperature=0.2, top_p=0.9)
+    merged = base.merged(ff.InferenceOptions(temperature=None, seed=3, top_p=None))
+    assert (merged.temperature, merged.top_p, merged.seed) == (0.2, 0.9, 3)
+    assert base.merged(ff.InferenceOptions(temperature=0.0)).temperature == 0.0

@@ -109,3 +109,27 @@ def test_tools_reach_a_template_that_uses_them(tmp_path: Path) -> None:
         rendered = engine.chat("tools", msgs, tools=tools, options={"max_tokens": 1})
         expected = len(engine.tokenize("tools", "TOOLS " + json.dumps(tools) + "\n"))
         assert rendered.stats.prompt_eval_count >= plain.stats.prompt_eval_count + expected - 2
+
+
+def test_opentelemetry_spans_for_requests_and_inference(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ferrousforge.api.app import create_app
+
+    add_null_model(tmp_path, "echo:1", {})
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    engine = ff.AsyncEngine(ff.Settings(home=tmp_path))
+    with TestClient(create_app(engine.settings, engine, tracer_provider=provider)) as client:
+        r = client.post("/api/generate", json={"model": "echo:1", "prompt": "a b", "stream": False})
+        assert r.status_code == 200
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert "POST /api/generate" in spans
+    inference = spans["forge.generate"]
+    assert inference.attributes is not None
+    assert inference.attributes["forge.model"] == "echo:1"
+    assert inference.attributes["forge.generated_tokens"] == 2

@@ -52,6 +52,8 @@ def test_forge_run_answers_paris(home: Path) -> None:
             "run",
             MODEL,
             "What is the capital of France? Answer in one word.",
+            "--seed",  # the model's own sampling (temperature 0.2), made reproducible
+            "1",
         ],
         env=os.environ | {"FORGE_HOME": str(home)},
         capture_output=True,
@@ -92,11 +94,11 @@ PARIS = [{"role": "user", "content": "What is the capital of France? Answer in o
 
 def test_ollama_client_on_smollm2(server: Running) -> None:
     client: Any = ollama.Client(host=server.url)
-    r = client.chat(model=MODEL, messages=PARIS)
+    r = client.chat(model=MODEL, messages=PARIS, options={"seed": 1})
     assert "Paris" in r.message.content
     assert 1e6 <= r.eval_duration / r.eval_count <= 1e9  # plausible nanoseconds per token
     assert 1e6 <= r.total_duration <= 120e9
-    parts = list(client.chat(model=MODEL, messages=PARIS, stream=True))
+    parts = list(client.chat(model=MODEL, messages=PARIS, stream=True, options={"seed": 1}))
     assert "Paris" in "".join(p.message.content for p in parts) and parts[-1].done
     g = client.generate(
         model=MODEL, prompt="1, 2, 3,", raw=True, options={"temperature": 0, "num_predict": 8}
@@ -111,9 +113,11 @@ def test_ollama_client_on_smollm2(server: Running) -> None:
 def test_openai_client_on_smollm2(server: Running) -> None:
     with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as c:
         client: Any = c
-        r = client.chat.completions.create(model=MODEL, messages=PARIS)
+        r = client.chat.completions.create(model=MODEL, messages=PARIS, seed=1)
         assert "Paris" in r.choices[0].message.content
-        chunks = list(client.chat.completions.create(model=MODEL, messages=PARIS, stream=True))
+        chunks = list(
+            client.chat.completions.create(model=MODEL, messages=PARIS, stream=True, seed=1)
+        )
         assert "Paris" in "".join(x.choices[0].delta.content or "" for x in chunks if x.choices)
         out = client.chat.completions.create(
             model=MODEL,

@@ -32,8 +32,11 @@ from .streaming import openai_error
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
-    """The HTTP API over ``engine``: Ollama's routes, OpenAI's under /v1, health, metrics."""
+def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any = None) -> FastAPI:
+    """The HTTP API over ``engine``: Ollama's routes, OpenAI's under /v1, health, metrics.
+
+    With ``settings.otel_endpoint`` (or a ``tracer_provider``) requests are traced.
+    """
     metrics = _metrics_of(engine)
     limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
     engine.hooks.add(TokenCharge(limiter))
@@ -98,6 +101,10 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
             expose_headers=["*"],
         )
     app.add_middleware(RequestContext, metrics=metrics, max_body=settings.max_body_bytes)
+    if settings.otel_endpoint or tracer_provider is not None:
+        from .tracing import instrument
+
+        engine.hooks.add(instrument(app, settings.otel_endpoint, tracer_provider))
     return app
 
 
