@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # FerrousForge's two commands (README.md):
-#   ./dev.sh run [forge run flags]   set up .venv, pull smollm2:135m, chat with it
+#   ./dev.sh run [forge serve flags] set up .venv, pull smollm2:135m, serve it on :11434
 #   ./dev.sh test [pytest args]      set up .venv and test needs, run ruff, mypy, pytest
 #   ./dev.sh setup                   only set up .venv (with the dev tools)
 # Both are idempotent: a second run reuses .venv and the cached llama-cpp-python wheel.
@@ -67,7 +67,7 @@ cmd_run() {
   setup_llama
   setup_project llama
   "$VENV/bin/forge" pull smollm2:135m
-  exec "$VENV/bin/forge" run smollm2:135m "$@"
+  exec "$VENV/bin/forge" serve --preload smollm2:135m "$@"
 }
 
 cmd_test() {

@@ -16,7 +16,19 @@ import pytest
 from .conftest import FileServer
 from .tinymodel import write_tiny_gguf
 
-COMMANDS = ["run", "pull", "list", "show", "rm", "cp", "ps", "devices", "embed"]
+COMMANDS = [
+    "run",
+    "serve",
+    "pull",
+    "list",
+    "show",
+    "rm",
+    "cp",
+    "ps",
+    "devices",
+    "embed",
+    "hash-key",
+]
 
 
 @pytest.fixture
@@ -142,6 +154,23 @@ with ff.Engine() as engine:
     print("loaded", flush=True)
     sys.stdin.read()
 """
+
+
+def test_hash_key(env: dict[str, str]) -> None:
+    expected = "sha256:" + hashlib.sha256(b"s3cret").hexdigest()
+    assert forge(env, "hash-key", "s3cret").stdout.strip() == expected
+    assert forge(env, "hash-key", stdin="s3cret\n").stdout.strip() == expected
+
+
+def test_serve_refuses_a_busy_port(env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = forge(env, "serve", "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 1 and "Error: cannot listen on 127.0.0.1:" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_devices_and_ps(env: dict[str, str]) -> None:

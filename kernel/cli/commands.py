@@ -185,6 +185,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def hash_key(args: argparse.Namespace) -> int:
+    from ..api.auth import KeyStore
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    out(KeyStore.hash(key))
+    return 0
+
+
 def pull(args: argparse.Namespace) -> int:
     bars = ProgressBars()
     with _engine() as engine:

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
     p.add_argument("--log-format", choices=["text", "json"])
 
+    p = cmd("hash-key", "Print the sha256:<hex> form of an API key, for configs", commands.hash_key)
+    p.add_argument("key", nargs="?", help="the key (default: read from stdin)")
+
     p = cmd("pull", "Fetch a model into the store", commands.pull)
     p.add_argument("spec", help="catalog name (smollm2:135m), local file or folder, or URL")
     p.add_argument("--name", help="store it under this name")
