@@ -34,7 +34,6 @@ from .schema import (
     InferenceOptions,
     Message,
     Result,
-    collect,
 )
 from .store.manifest import Manifest
 from .store.names import parse_name
@@ -212,11 +211,7 @@ class AsyncEngine:
     ) -> AsyncGenerator[Chunk, None]:
         """Stream the answer to a full request record (what the HTTP API builds)."""
         start = time.perf_counter_ns()
-        manifest = self.store.get(model)
-        if manifest.options:  # the model's defaults, under what the request sets
-            req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
-        task = "chat" if isinstance(req, ChatRequest) else "generate"
-        event = InferenceEvent(manifest.name, task, current_request_id.get(), current_client.get())
+        manifest, task, event = self._prepare(model, req)
         first, last, error = 0, Chunk(), None
         async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
             _require(lease.mold, task)
@@ -234,13 +229,48 @@ class AsyncEngine:
                         self.generated_tokens += last.stats.eval_count - seen  # exact at the end
                     yield last
             except BaseException as e:
-                error = (
-                    "cancelled" if isinstance(e, GeneratorExit | asyncio.CancelledError) else str(e)
-                )
+                error = _why(e)
                 raise
             finally:
                 end = replace(event, stats=last.stats, first_token_ns=first, error=error)
                 self.hooks.inference_ended(end)
+
+    async def complete(
+        self,
+        model: str,
+        req: GenerateRequest | ChatRequest,
+        *,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
+    ) -> Result:
+        """The whole answer at once: the runtime hands it over in one piece, not per token."""
+        start = time.perf_counter_ns()
+        manifest, task, event = self._prepare(model, req)
+        async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
+            _require(lease.mold, task)
+            self.hooks.inference_started(event)
+            try:
+                result = await lease.mold.infer(req)
+            except BaseException as e:
+                self.hooks.inference_ended(replace(event, error=_why(e)))
+                raise
+        s = result.stats
+        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
+        self.generated_tokens += s.eval_count
+        first = s.load_duration + s.prompt_eval_duration
+        self.hooks.inference_ended(replace(event, stats=s, first_token_ns=first))
+        return result
+
+    def _prepare(
+        self, model: str, req: GenerateRequest | ChatRequest
+    ) -> tuple[Manifest, str, InferenceEvent]:
+        manifest = self.store.get(model)
+        if manifest.options:  # the model's defaults, under what the request sets
+            req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
+        task = "chat" if isinstance(req, ChatRequest) else "generate"
+        event = InferenceEvent(manifest.name, task, current_request_id.get(), current_client.get())
+        return manifest, task, event
 
     def generate_stream(
         self,
@@ -259,13 +289,8 @@ class AsyncEngine:
         """Stream a completion. Unless ``raw``, the model's chat template is applied;
         ``format`` ("json" or a JSON schema) constrains the output; ``context`` continues
         an earlier answer (its ``Result.context``)."""
-        req = GenerateRequest(
-            prompt=prompt,
-            system=system,
-            raw=raw,
-            format=format,
-            context=context,
-            options=_opts(options),
+        req = _generate_request(
+            prompt, system=system, raw=raw, format=format, context=context, options=options
         )
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
@@ -282,15 +307,36 @@ class AsyncEngine:
         priority: int = 0,
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a chat reply rendered through the model's own chat template."""
-        msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
-        req = ChatRequest(messages=msgs, tools=tools, format=format, options=_opts(options))
+        req = _chat_request(messages, tools=tools, format=format, options=options)
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
-    async def generate(self, model: str, prompt: str, **kw: Any) -> Result:
-        return await collect(self.generate_stream(model, prompt, **kw))
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
+        **request: Any,
+    ) -> Result:
+        """``generate_stream``'s answer in one piece; ``request`` takes the same keywords."""
+        req = _generate_request(prompt, **request)
+        return await self.complete(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
-    async def chat(self, model: str, messages: Messages, **kw: Any) -> Result:
-        return await collect(self.chat_stream(model, messages, **kw))
+    async def chat(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        keep_alive: KeepAlive = None,
+        load: LoadOptions | None = None,
+        priority: int = 0,
+        **request: Any,
+    ) -> Result:
+        """``chat_stream``'s answer in one piece; ``request`` takes the same keywords."""
+        req = _chat_request(messages, **request)
+        return await self.complete(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def embed(
         self,
@@ -346,6 +392,40 @@ class AsyncEngine:
 
     def devices(self) -> list[Device]:
         return self.backends.devices()
+
+
+def _generate_request(
+    prompt: str,
+    *,
+    system: str | None = None,
+    raw: bool = False,
+    format: Format = None,
+    context: list[int] | None = None,
+    options: InferenceOptions | dict[str, Any] | None = None,
+) -> GenerateRequest:
+    return GenerateRequest(
+        prompt=prompt,
+        system=system,
+        raw=raw,
+        format=format,
+        context=context,
+        options=_opts(options),
+    )
+
+
+def _chat_request(
+    messages: Messages,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    format: Format = None,
+    options: InferenceOptions | dict[str, Any] | None = None,
+) -> ChatRequest:
+    msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+    return ChatRequest(messages=msgs, tools=tools, format=format, options=_opts(options))
+
+
+def _why(e: BaseException) -> str:
+    return "cancelled" if isinstance(e, GeneratorExit | asyncio.CancelledError) else str(e)
 
 
 def _opts(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:

@@ -55,6 +55,20 @@ class Worker:
         self._jobs.put(job)
         return await fut
 
+    async def collect(self, make: Callable[[threading.Event], Iterator[T]]) -> list[T]:
+        """Run ``make(cancel)`` to its end on the worker thread: one hand-off, not one per
+        item, so the event loop sleeps meanwhile. Cancelling the caller sets ``cancel``."""
+        cancel = threading.Event()
+
+        def run() -> list[T]:
+            with contextlib.closing(make(cancel)) as items:  # type: ignore[type-var]
+                return list(items)
+
+        try:
+            return await self.call(run)
+        finally:
+            cancel.set()
+
     async def stream(self, make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
         """Iterate ``make(cancel)`` on the worker thread, yielding its items here.
 

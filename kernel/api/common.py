@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -50,6 +50,16 @@ async def primed(items: AsyncIterator[T], timeout: float | None) -> AsyncIterato
                 await aclose()
 
     return rest()
+
+
+async def within(work: Awaitable[T], timeout: float | None) -> T:
+    """``await work``, as a 504 RequestTimeout after ``timeout`` seconds (cancelling it)."""
+    if timeout is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except TimeoutError:
+        raise RequestTimeout("request timed out (request_timeout)") from None
 
 
 async def _next(items: AsyncIterator[T], deadline: float | None) -> T:

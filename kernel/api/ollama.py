@@ -22,7 +22,7 @@ from ..schema import (
     Message,
     Stats,
 )
-from .common import details, engine_of, iso, now_iso, primed
+from .common import details, engine_of, iso, now_iso, primed, within
 from .streaming import ndjson
 
 router = APIRouter(tags=["ollama"])
@@ -122,22 +122,20 @@ def _no_images(images: list[str] | None) -> None:
 
 
 async def _respond(
-    request: Request, model: str, chunks: AsyncIterator[Chunk], shape: Any, stream: bool
+    request: Request, body: GenerateBody | ChatBody, req: GenerateRequest | ChatRequest, shape: Any
 ) -> Any:
-    """Stream ``shape(chunk)`` items, or fold them into one answer when ``stream`` is off."""
-    timeout = request.app.state.settings.request_timeout
-    items = await primed(chunks, timeout)
-    if stream:
+    """Stream ``shape(chunk)`` items, or answer once when ``stream`` is off."""
+    engine, timeout = engine_of(request), request.app.state.settings.request_timeout
+    if not body.stream:
+        r = await within(engine.complete(body.model, req, keep_alive=body.keep_alive), timeout)
+        return shape(body.model, Chunk(r.text, True, r.done_reason, r.stats, r.context))
+    items = await primed(engine.stream(body.model, req, keep_alive=body.keep_alive), timeout)
 
-        async def encoded() -> AsyncIterator[dict[str, Any]]:
-            async for c in items:
-                yield shape(model, c)
+    async def encoded() -> AsyncIterator[dict[str, Any]]:
+        async for c in items:
+            yield shape(body.model, c)
 
-        return ndjson(encoded())
-    text, last = [], Chunk()
-    async for last in items:
-        text.append(last.text)
-    return shape(model, Chunk("".join(text), True, last.done_reason, last.stats, last.context))
+    return ndjson(encoded())
 
 
 def _generate_item(model: str, c: Chunk) -> dict[str, Any]:
@@ -189,8 +187,7 @@ async def generate(body: GenerateBody, request: Request) -> Any:
         format=body.format or None,
         options=body.inference_options(),
     )
-    chunks = engine_of(request).stream(body.model, req, keep_alive=body.keep_alive)
-    return await _respond(request, body.model, chunks, _generate_item, body.stream)
+    return await _respond(request, body, req, _generate_item)
 
 
 @router.post("/api/chat")
@@ -208,8 +205,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
         format=body.format or None,
         options=body.inference_options(),
     )
-    chunks = engine_of(request).stream(body.model, req, keep_alive=body.keep_alive)
-    return await _respond(request, body.model, chunks, _chat_item, body.stream)
+    return await _respond(request, body, req, _chat_item)
 
 
 @router.post("/api/embed")

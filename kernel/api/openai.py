@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import RequestError
 from ..schema import ChatRequest, Chunk, Format, GenerateRequest, InferenceOptions, Message
-from .common import engine_of, primed
+from .common import engine_of, primed, within
 from .streaming import sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -110,15 +110,13 @@ async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: 
     """Shared by chat and text completions: ``piece(text, finish)`` builds one choice."""
     rid, created = f"{kind}-{uuid.uuid4().hex[:24]}", int(time.time())
     obj = "chat.completion" if kind == "chatcmpl" else "text_completion"
-    chunks = engine_of(request).stream(body.model, req)
-    items = await primed(chunks, request.app.state.settings.request_timeout)
+    engine, timeout = engine_of(request), request.app.state.settings.request_timeout
     head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": "forge"}
     if not body.stream:
-        text, last = [], Chunk()
-        async for last in items:
-            text.append(last.text)
-        choice = piece("".join(text), _REASON[last.done_reason], final=True)
-        return head | {"object": obj, "choices": [choice], "usage": _usage(last)}
+        r = await within(engine.complete(body.model, req), timeout)
+        choice = piece(r.text, _REASON[r.done_reason], final=True)
+        return head | {"object": obj, "choices": [choice], "usage": _usage(Chunk(stats=r.stats))}
+    items = await primed(engine.stream(body.model, req), timeout)
 
     usage = body.stream_options is not None and body.stream_options.include_usage
     obj += ".chunk" if kind == "chatcmpl" else ""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..devices import cpu_device
@@ -25,7 +26,6 @@ from ..schema import (
     Request,
     Result,
     Stats,
-    collect,
 )
 from ..store.manifest import Manifest
 from ..templates import render_go_template
@@ -151,16 +151,19 @@ class LlamaCppMold:
             return rt.render([*msgs, Message(role="user", content=req.prompt)])
         return f"{req.system}\n\n{req.prompt}" if req.system else req.prompt
 
+    def _generation(
+        self, rt: LlamaRuntime, req: GenerateRequest | ChatRequest
+    ) -> Callable[[threading.Event], Iterator[Chunk]]:
+        prefix = req.context or () if isinstance(req, GenerateRequest) else ()
+        return lambda cancel: rt.generate(
+            self._prompt(rt, req), req.options, cancel, prefix=prefix, fmt=req.format
+        )
+
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
             raise UnsupportedTask("infer_stream takes a generate or chat request")
-        prefix = req.context or () if isinstance(req, GenerateRequest) else ()
-        async for chunk in worker.stream(
-            lambda cancel: rt.generate(
-                self._prompt(rt, req), req.options, cancel, prefix=prefix, fmt=req.format
-            )
-        ):
+        async for chunk in worker.stream(self._generation(rt, req)):
             yield chunk
 
     async def infer(self, req: Request) -> Result:
@@ -168,7 +171,12 @@ class LlamaCppMold:
         if isinstance(req, EmbedRequest):
             vectors, count = await worker.call(rt.embed, req.input, req.truncate)
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
-        return await collect(self.infer_stream(req))
+        chunks = await worker.collect(self._generation(rt, req))  # no per-token hand-offs
+        last = chunks[-1]
+        text = "".join(c.text for c in chunks)
+        return Result(
+            text, done_reason=last.done_reason, stats=last.stats or Stats(), context=last.context
+        )
 
     async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
         # Sequential for now; the scheduler's slots leave room for llama_batch seq_ids.
