@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+from .plugins import load_group
 from .schema import Stats
 
 GROUP = "ferrousforge.hooks"
@@ -58,13 +58,7 @@ class Hooks:
 
     @classmethod
     def discover(cls) -> Hooks:
-        found: list[Any] = []
-        for ep in entry_points(group=GROUP):
-            try:
-                found.append(ep.load()())
-            except Exception as e:
-                log.warning("hook plugin %s failed to load: %s", ep.name, e)
-        return cls(found)
+        return cls([plugin for _, plugin in load_group(GROUP)])
 
     def add(self, plugin: Any) -> None:
         self.plugins.append(plugin)

@@ -114,9 +114,8 @@ def _metrics_of(engine: AsyncEngine) -> Metrics:
     if found is None:
         found = Metrics()
         engine.hooks.add(found)
-    if not getattr(found, "bound", False):
+    if not found.bound:
         found.bind(engine)
-        found.bound = True  # type: ignore[attr-defined]
     return found
 
 

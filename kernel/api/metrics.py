@@ -1,20 +1,20 @@
 """Prometheus metrics, fed through the plugin hooks (registered as the ``metrics`` entry point).
 
-Each instance has its own registry, so two apps in one process never share counters.
+Every engine gets an instance, but only ``bind`` (by the HTTP app) creates its registry:
+prometheus_client costs ~60 ms to import, which scripts and the CLI need not pay. Each
+instance has its own registry, so two apps in one process never share counters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from ..hooks import InferenceEvent, ModelEvent
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from ..engine import AsyncEngine
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -25,6 +25,12 @@ class Metrics:
     """Request, token and model metrics; ``bind`` adds the engine's live gauges."""
 
     def __init__(self) -> None:
+        self.bound = False
+
+    def bind(self, engine: AsyncEngine) -> None:
+        """Create the registry and metrics, with live gauges read from ``engine``."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "forge_requests", "HTTP requests", ["route", "method", "status"], registry=r
@@ -61,26 +67,33 @@ class Metrics:
         self.load_time = Histogram(
             "forge_model_load_seconds", "model load time", ["model"], buckets=_LATENCY, registry=r
         )
-
-    def bind(self, engine: AsyncEngine) -> None:
-        Gauge(
-            "forge_queue_depth", "requests waiting for a model slot", registry=self.registry
-        ).set_function(lambda: engine.scheduler.queued)
-        self.registry.register(_LoadedModels(engine))
+        Gauge("forge_queue_depth", "requests waiting for a model slot", registry=r).set_function(
+            lambda: engine.scheduler.queued
+        )
+        r.register(_loaded_models(engine))
+        self.bound = True
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
     # -- hooks -----------------------------------------------------------------------
 
     def on_model_load(self, e: ModelEvent) -> None:
+        if not self.bound:
+            return
         self.loads.labels(e.name).inc()
         self.load_time.labels(e.name).observe(e.load_duration / 1e9)
 
     def on_model_unload(self, e: ModelEvent) -> None:
+        if not self.bound:
+            return
         self.unloads.labels(e.name).inc()
 
     def on_inference_end(self, e: InferenceEvent) -> None:
+        if not self.bound:
+            return
         outcome = "ok" if e.error is None else "cancelled" if e.error == "cancelled" else "error"
         self.inferences.labels(e.model, e.task, outcome).inc()
         if e.stats is None:
@@ -92,25 +105,25 @@ class Metrics:
             self.speed.labels(e.model).observe(e.stats.tokens_per_second)
 
 
-class _LoadedModels(Collector):
-    """The loaded models and their memory, read from the engine at scrape time."""
+def _loaded_models(engine: AsyncEngine) -> Any:
+    """A collector of the loaded models and their memory, read from the engine at scrape."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    class LoadedModels(Collector):
+        def collect(self) -> Iterator[Metric]:
+            rows = engine.ps()
+            count = GaugeMetricFamily("forge_loaded_models", "models loaded now")
+            count.add_metric([], len(rows))
+            memory = GaugeMetricFamily(
+                "forge_model_memory_bytes",
+                "memory of each loaded model",
+                labels=["model", "backend", "device"],
+            )
+            for m in rows:
+                memory.add_metric([m.name, m.backend, m.device], m.memory)
+            tokens = CounterMetricFamily("forge_generated_tokens", "tokens generated, live")
+            tokens.add_metric([], engine.generated_tokens)
+            yield from (count, memory, tokens)
 
-    def collect(self) -> Iterator[Metric]:
-        rows = self.engine.ps()
-        count = GaugeMetricFamily("forge_loaded_models", "models loaded now")
-        count.add_metric([], len(rows))
-        memory = GaugeMetricFamily(
-            "forge_model_memory_bytes",
-            "memory of each loaded model",
-            labels=["model", "backend", "device"],
-        )
-        for m in rows:
-            memory.add_metric([m.name, m.backend, m.device], m.memory)
-        yield count
-        yield memory
-        tokens = CounterMetricFamily("forge_generated_tokens", "tokens generated, live")
-        tokens.add_metric([], self.engine.generated_tokens)
-        yield tokens
+    return LoadedModels()

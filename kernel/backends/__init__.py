@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import entry_points
 
 from ..errors import ConfigError, MissingExtra, UnsupportedFormat
 from ..mold import Backend, Device
+from ..plugins import load_group
 
 GROUP = "ferrousforge.backends"
 log = logging.getLogger(__name__)
@@ -20,13 +20,7 @@ class Backends:
 
     @classmethod
     def discover(cls) -> Backends:
-        found: list[Backend] = []
-        for ep in entry_points(group=GROUP):
-            try:
-                found.append(ep.load()())
-            except Exception as e:  # a broken plugin must not take the engine down
-                log.warning("backend plugin %s failed to load: %s", ep.name, e)
-        return cls(found)
+        return cls([backend for _, backend in load_group(GROUP)])
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._by_name.values())
