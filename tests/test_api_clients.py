@@ -93,6 +93,21 @@ def test_ollama_copy_delete_and_errors(oll: Any) -> None:
     assert e.value.status_code == 404 and "missing" in e.value.error
 
 
+def test_ollama_pull_streams_progress_and_version(
+    oll: Any, server: Running, tmp_path: Path
+) -> None:
+    path = write_tiny_gguf(tmp_path / "Pulled.gguf")
+    events = list(oll.pull(str(path), stream=True))
+    statuses = [e.status for e in events]
+    assert statuses[0].startswith("hashing") and statuses[-1] == "success"
+    assert any(e.completed and e.total for e in events)
+    assert "pulled:latest" in {m.model for m in oll.list().models}
+    assert oll.pull(str(path)).status == "success"  # stream=False
+    r = httpx.post(server.url + "/api/pull", json={"model": "no/such:model"})
+    assert json.loads(r.text.splitlines()[-1])["error"].startswith("model 'no/such:model'")
+    assert httpx.get(server.url + "/api/version").json() == {"version": ff.__version__}
+
+
 def test_ollama_load_and_unload_with_empty_prompt(server: Running, oll: Any) -> None:
     r = oll.generate(model="echo:1", prompt="")
     assert r.done and r.done_reason == "load"
