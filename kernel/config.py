@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     jwt_secret: str | None = Field(None, description="HS256 secret")
     jwt_public_key: str | None = Field(None, description="RS256 PEM key, or a path to one")
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256", "RS256"])
+    jwt_algorithms: list[str] = Field(
+        default_factory=list, description="default: HS256 with jwt_secret, RS256 with a key"
+    )
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     rate_limit_rpm: int | None = Field(None, ge=1, description="requests/min per client")

@@ -66,7 +66,6 @@ def test_jwt_bearer_tokens(tmp_path: Path) -> None:
     s = settings(
         tmp_path,
         jwt_secret=secret,
-        jwt_algorithms=["HS256"],
         jwt_issuer="hub",
         jwt_audience="forge",
     )

@@ -144,6 +144,8 @@ class Authenticator:
     ) -> Authenticator:
         """Build from the server settings; configuration mistakes raise ConfigError."""
         keys = KeyStore(api_keys, api_keys_file) if api_keys or api_keys_file else None
+        if not jwt_algorithms:  # the key says which: a secret signs HS256, a PEM key RS256
+            jwt_algorithms = ["HS256"] if jwt_secret else ["RS256"]
         if jwt_secret and jwt_public_key:
             raise ConfigError("set jwt_secret or jwt_public_key, not both")
         if jwt_secret and (other := [a for a in jwt_algorithms if a not in _HMAC_ALGORITHMS]):
