@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 import ferrousforge as ff
@@ -61,7 +62,6 @@ def test_api_keys_plain_hashed_and_from_file(tmp_path: Path) -> None:
 
 
 def test_jwt_bearer_tokens(tmp_path: Path) -> None:
-    jwt = pytest.importorskip("jwt")
     secret = "s" * 40
     s = settings(
         tmp_path,
