@@ -22,6 +22,7 @@ from ..schema import (
     Message,
     Stats,
 )
+from ..toolcalls import extract_tool_calls
 from .common import details, engine_of, iso, now_iso, primed, within
 from .streaming import ndjson
 
@@ -157,6 +158,24 @@ def _chat_item(model: str, c: Chunk) -> dict[str, Any]:
     return item
 
 
+def _with_tool_calls() -> Any:
+    """A chat shape that also reports the tool calls in the whole answer, on the last item."""
+    seen: list[str] = []
+
+    def shape(model: str, c: Chunk) -> dict[str, Any]:
+        seen.append(c.text)
+        item = _chat_item(model, c)
+        if c.done:
+            content, calls = extract_tool_calls("".join(seen))
+            if calls:
+                item["message"]["tool_calls"] = calls
+                if c.text:  # the whole answer in one item: drop the blocks from it
+                    item["message"]["content"] = content
+        return item
+
+    return shape
+
+
 async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, key: str) -> Any:
     """Ollama's empty request: preload the model, or unload it with keep_alive 0."""
     engine = engine_of(request)
@@ -205,7 +224,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
         format=body.format or None,
         options=body.inference_options(),
     )
-    return await _respond(request, body, req, _chat_item)
+    return await _respond(request, body, req, _with_tool_calls() if body.tools else _chat_item)
 
 
 @router.post("/api/embed")

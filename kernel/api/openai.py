@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import uuid
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import RequestError
 from ..schema import ChatRequest, Chunk, Format, GenerateRequest, InferenceOptions, Message
+from ..toolcalls import extract_tool_calls
 from .common import engine_of, primed, within
 from .streaming import sse
 
@@ -142,16 +144,31 @@ async def chat_completions(body: ChatBody, request: Request) -> Any:
     fmt = body.response_format.format() if body.response_format else None
     req = ChatRequest(messages=messages, tools=body.tools, format=fmt, options=body.options())
 
+    seen: list[str] = []
+
     def piece(text: str, finish: str | None, final: bool) -> dict[str, Any]:
         key = "message" if final else "delta"
-        return {
-            "index": 0,
-            key: {"role": "assistant", "content": text},
-            "finish_reason": finish,
-            "logprobs": None,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        seen.append(text)
+        if finish is not None and body.tools:
+            content, calls = extract_tool_calls("".join(seen))
+            if calls:
+                message["tool_calls"] = [_openai_call(i, c) for i, c in enumerate(calls)]
+                message["content"] = (content or None) if final else text
+                finish = "tool_calls"
+        return {"index": 0, key: message, "finish_reason": finish, "logprobs": None}
 
     return await _run(request, body, req, "chatcmpl", piece)
+
+
+def _openai_call(i: int, call: dict[str, Any]) -> dict[str, Any]:
+    fn = call["function"]
+    return {
+        "index": i,
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])},
+    }
 
 
 @router.post("/completions")
