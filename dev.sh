@@ -56,10 +56,16 @@ setup_project() {  # $1: extras, e.g. "llama" or "llama,dev"
   echo "$sum" >"$stamp"
 }
 
+setup_torch() {  # exactly this version: a local CPU wheel here; anything else pulls CUDA builds
+  "$PY" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null ||
+    "$PY" -m pip install -q "torch==2.13.0"
+}
+
 cmd_setup() {
   setup_venv
   setup_llama
-  setup_project "llama,dev"
+  setup_torch
+  setup_project "llama,torch,onnx,dev"
 }
 
 cmd_run() {
@@ -72,8 +78,9 @@ cmd_run() {
 
 cmd_test() {
   cmd_setup
-  say "pulling smollm2:135m for the real-model tier into $TEST_HOME"
+  say "pulling smollm2:135m and minilm:l6 for the real-model tier into $TEST_HOME"
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull smollm2:135m
+  FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull minilm:l6
   say "ruff"
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/ruff" check .

@@ -116,7 +116,6 @@ class AsyncEngine:
         loaded = self.scheduler.runners.get(key)
         if loaded is not None and self._opts.get(key) != opts and loaded.refs == 0:
             await self.scheduler.unload(key)  # asked for other load options: reload
-        self._opts[key] = opts
         self._start_reaper()
 
         async def factory() -> Mold:
@@ -126,6 +125,8 @@ class AsyncEngine:
         async with self.scheduler.acquire(
             key, factory, keep_alive=parse_duration(keep_alive), priority=priority
         ) as lease:
+            if lease.load_duration or key not in self._opts:  # remember what is loaded
+                self._opts[key] = opts
             self._publish()
             yield lease
         self._publish()

@@ -71,4 +71,4 @@ class Backends:
 
 def extra_for(backend: str) -> str:
     """The pip extra that installs ``backend``'s runtime."""
-    return {"llama_cpp": "llama"}.get(backend, backend)
+    return {"llama_cpp": "llama"}.get(backend, backend)  # the others are named as extras

@@ -7,6 +7,7 @@ wants (DESIGN.md §6).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -127,6 +128,7 @@ class LlamaCppMold:
         if rt is not None and worker is not None:
             await worker.call(rt.close)
             worker.close()
+            await asyncio.to_thread(worker.join, 10)
 
     @property
     def is_loaded(self) -> bool:

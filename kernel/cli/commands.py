@@ -185,6 +185,19 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert(args: argparse.Namespace) -> int:
+    from ..convert import convert as run_convert
+    from ..store.store import Store
+
+    bars = ProgressBars()
+    try:
+        m = run_convert(Store(load_settings().home), args.model, args.to, progress=bars)
+    finally:
+        bars.close()
+    out(f"converted {m.parent} to {m.name} ({m.format}, {size(m.size)})")
+    return 0
+
+
 def hash_key(args: argparse.Namespace) -> int:
     from ..api.auth import KeyStore
 

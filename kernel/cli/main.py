@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
     p.add_argument("--log-format", choices=["text", "json"])
 
+    p = cmd("convert", "Convert a model to another format, as a new store entry", commands.convert)
+    p.add_argument("model", help="the source model, e.g. minilm:l6")
+    p.add_argument("--to", required=True, choices=["onnx"], help="the target format")
+
     p = cmd("hash-key", "Print the sha256:<hex> form of an API key, for configs", commands.hash_key)
     p.add_argument("key", nargs="?", help="the key (default: read from stdin)")
 

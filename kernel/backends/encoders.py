@@ -1,0 +1,193 @@
+"""What every sentence-embedding backend shares: the tokenizer and the pooling.
+
+A model folder carries ``tokenizer.json`` (HF ``tokenizers``) and ``config.json``; the
+embedding of a text is its tokens' last hidden states, mean-pooled over the attention mask
+and L2-normalized, as sentence-transformers does for all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    ContextOverflow,
+    InvalidModelFile,
+    MissingExtra,
+    ModelNotLoaded,
+    UnsupportedTask,
+)
+from ..mold import Device, LoadOptions
+from ..schema import ChatRequest, Chunk, EmbedRequest, GenerateRequest, Request, Result, Stats
+from ..store.manifest import Manifest
+from ..worker import Worker
+
+
+@dataclass
+class Batch:
+    """Token ids, attention mask and token types, padded to one length (numpy int64)."""
+
+    input_ids: Any
+    attention_mask: Any
+    token_type_ids: Any
+    count: int  # real tokens in the batch
+
+
+class TextTokenizer:
+    def __init__(self, folder: Path) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise MissingExtra("tokenizers", "onnx") from e
+        path = folder / "tokenizer.json"
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise InvalidModelFile(f"cannot read {path}: {e}") from e
+        self.max_length = _max_length(folder)
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> Batch:
+        import numpy as np
+
+        encodings = self._tok.encode_batch(list(texts))
+        lengths = [len(e.ids) for e in encodings]
+        if not truncate and max(lengths, default=0) > self.max_length:
+            raise ContextOverflow(max(lengths), self.max_length)
+        width = min(max(lengths, default=1), self.max_length)
+        ids = np.zeros((len(texts), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, e in enumerate(encodings):
+            n = min(len(e.ids), width)
+            ids[row, :n] = e.ids[:n]
+            mask[row, :n] = 1
+            types[row, :n] = e.type_ids[:n]
+        if width < max(lengths, default=0):  # cut texts keep their final [SEP]
+            sep = self._tok.token_to_id("[SEP]")
+            for row, length in enumerate(lengths):
+                if length > width and sep is not None:
+                    ids[row, width - 1] = sep
+        return Batch(ids, mask, types, int(mask.sum()))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids)))
+
+
+def mean_pool(hidden: Any, mask: Any) -> list[list[float]]:
+    """Masked mean over tokens, then L2 norm (numpy arrays in, lists out)."""
+    import numpy as np
+
+    m = mask[..., None].astype(hidden.dtype)
+    summed = (hidden * m).sum(axis=1)
+    pooled = summed / np.clip(m.sum(axis=1), 1e-9, None)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.clip(norms, 1e-12, None)).astype(float).tolist()  # type: ignore[no-any-return]
+
+
+def _max_length(folder: Path) -> int:
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+        ("config.json", "max_position_embeddings"),
+    ):
+        try:
+            value = json.loads((folder / name).read_text()).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int) and 0 < value < 1_000_000:
+            return value
+    return 512
+
+
+class EncoderMold(abc.ABC):
+    """A sentence-embedding Mold: the runtime part is ``_load_runtime`` and ``_hidden``;
+    everything else (its worker thread, tokenizer, pooling, protocol) is here."""
+
+    backend = ""
+    tasks = frozenset({"embed", "tokenize"})
+
+    def __init__(self, manifest: Manifest, device: Device, opts: LoadOptions, memory: int):
+        self.name, self.device, self.metadata = manifest.name, device.id, manifest.metadata
+        self.memory, self.path, self.opts = memory, manifest.file, opts
+        self.context_length = 512
+        self._tok: TextTokenizer | None = None
+        self._worker: Worker | None = None
+
+    @abc.abstractmethod
+    def _load_runtime(self) -> None:
+        """Load the runtime's model from ``self.path`` (on the worker thread)."""
+
+    @abc.abstractmethod
+    def _hidden(self, batch: Batch) -> Any:
+        """Last hidden states, shape (batch, tokens, dims), as a numpy array."""
+
+    def _load(self) -> None:
+        self._load_runtime()
+        self._tok = TextTokenizer(self.path if self.path.is_dir() else self.path.parent)
+        self.context_length = self._tok.max_length
+
+    async def load(self) -> None:
+        self._worker = Worker(f"{self.backend}:{self.name}")
+        try:
+            await self._worker.call(self._load)
+        except BaseException:
+            self._worker.close()
+            self._worker = None
+            raise
+
+    async def unload(self) -> None:
+        worker, self._worker, self._tok = self._worker, None, None
+        if worker is not None:
+            await worker.call(self._release)
+            worker.close()
+            # Let the thread finish: a runtime's native thread pool must not outlive it at exit.
+            await asyncio.to_thread(worker.join, 10)
+
+    def _release(self) -> None:
+        """Drop the runtime's objects on the thread that made them."""
+        self.__dict__.pop("_model", None)
+        self.__dict__.pop("_session", None)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._worker is not None and self._tok is not None
+
+    def _live(self) -> tuple[TextTokenizer, Worker]:
+        if self._tok is None or self._worker is None:
+            raise ModelNotLoaded(f"{self.name} is not loaded")
+        return self._tok, self._worker
+
+    def _embed(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[float]], int]:
+        tok, _ = self._live()
+        batch = tok.encode(texts, truncate)
+        return mean_pool(self._hidden(batch), batch.attention_mask), batch.count
+
+    async def infer(self, req: Request) -> Result:
+        if not isinstance(req, EmbedRequest):
+            raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
+        _, worker = self._live()
+        vectors, count = await worker.call(self._embed, req.input, req.truncate)
+        return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
+
+    async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
+        raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
+        yield Chunk()  # unreachable: makes this an async generator, as the protocol wants
+
+    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
+        return [await self.infer(r) for r in reqs]
+
+    async def tokenize(self, text: str) -> list[int]:
+        return self._live()[0].tokenize(text)
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        return self._live()[0].detokenize(ids)

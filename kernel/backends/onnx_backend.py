@@ -1,0 +1,86 @@
+"""The ONNX backend (extra ``onnx``): onnxruntime on the CPU execution provider, or CUDA,
+CoreML and DirectML when onnxruntime reports them. A model is a folder with one ``*.onnx``
+graph whose first output is ``last_hidden_state``, plus ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..devices import cpu_device
+from ..errors import InvalidModelFile, MissingExtra
+from ..mold import Device, LoadOptions, Mold
+from ..store.manifest import Manifest
+from .encoders import Batch, EncoderMold
+
+# onnxruntime provider -> our device id
+_PROVIDERS = {
+    "CUDAExecutionProvider": "cuda:0",
+    "CoreMLExecutionProvider": "metal:0",
+    "DmlExecutionProvider": "dx12:0",
+}
+
+
+class OnnxBackend:
+    name = "onnx"
+    formats = frozenset({"onnx"})
+
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(m) for m in ("onnxruntime", "tokenizers", "numpy"))
+
+    def devices(self) -> list[Device]:
+        import onnxruntime as ort
+
+        found = [cpu_device(self.name)]
+        for provider in ort.get_available_providers():
+            if provider in _PROVIDERS:
+                found.append(Device(_PROVIDERS[provider], provider, None, None, (self.name,)))
+        return found
+
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
+        return int(manifest.size * 1.5) + (64 << 20)
+
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
+        if not self.available():
+            raise MissingExtra("onnxruntime", "onnx")
+        return OnnxMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+
+
+def providers_for(device: str) -> list[str]:
+    wanted = [p for p, d in _PROVIDERS.items() if d == device]
+    return [*wanted, "CPUExecutionProvider"]
+
+
+class OnnxMold(EncoderMold):
+    backend = "onnx"
+
+    def _load_runtime(self) -> None:
+        import onnxruntime as ort
+
+        graphs = sorted(self.path.glob("*.onnx")) if self.path.is_dir() else [self.path]
+        if not graphs:
+            raise InvalidModelFile(f"no .onnx graph in {self.path}")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.opts.threads or 0
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(graphs[0]), so, providers=providers_for(self.device)
+            )
+        except Exception as e:  # onnxruntime raises its own types for bad graphs
+            raise InvalidModelFile(f"onnxruntime cannot load {graphs[0]}: {e}") from e
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def _hidden(self, batch: Batch) -> Any:
+        feed = {
+            name: value
+            for name, value in (
+                ("input_ids", batch.input_ids),
+                ("attention_mask", batch.attention_mask),
+                ("token_type_ids", batch.token_type_ids),
+            )
+            if name in self._inputs
+        }
+        return self._session.run(None, feed)[0]

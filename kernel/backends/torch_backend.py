@@ -1,0 +1,78 @@
+"""The torch backend (extra ``torch``): safetensors folders with config.json, loaded through
+``transformers`` from the local folder only, on cpu, cuda or mps. Sentence embeddings now;
+``generate`` is the seam for decoder models (AutoModelForCausalLM) later.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..devices import cpu_device
+from ..errors import InvalidModelFile, MissingExtra
+from ..mold import Device, LoadOptions, Mold
+from ..store.manifest import Manifest
+from .encoders import Batch, EncoderMold
+
+
+class TorchBackend:
+    name = "torch"
+    formats = frozenset({"safetensors"})
+
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "tokenizers"))
+
+    def devices(self) -> list[Device]:
+        import torch
+
+        found = [cpu_device(self.name)]
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                name = torch.cuda.get_device_name(i)
+                found.append(Device(f"cuda:{i}", name, total, free, (self.name,)))
+        if torch.backends.mps.is_available():
+            found.append(Device("metal:0", "Apple GPU (MPS)", None, None, (self.name,)))
+        return found
+
+    def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
+        return int(manifest.size * 1.2) + (64 << 20)
+
+    def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
+        if not self.available():
+            raise MissingExtra("torch and transformers", "torch")
+        return TorchMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+
+
+class TorchMold(EncoderMold):
+    backend = "torch"
+
+    def _torch_device(self) -> str:
+        return "mps" if self.device.startswith("metal") else self.device
+
+    def _load_runtime(self) -> None:
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress, not transformers' on stderr
+        hf_logging.set_verbosity_error()
+        if self.opts.threads:
+            torch.set_num_threads(self.opts.threads)
+        try:
+            model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise InvalidModelFile(f"transformers cannot load {self.path}: {e}") from e
+        self._model = model.eval().to(self._torch_device())
+
+    def _hidden(self, batch: Batch) -> Any:
+        import torch
+
+        dev = self._torch_device()
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=torch.from_numpy(batch.input_ids).to(dev),
+                attention_mask=torch.from_numpy(batch.attention_mask).to(dev),
+                token_type_ids=torch.from_numpy(batch.token_type_ids).to(dev),
+            )
+        return out.last_hidden_state.float().cpu().numpy()
