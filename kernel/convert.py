@@ -94,11 +94,12 @@ def convert(store: Store, model: str, to: str, progress: ProgressCallback = igno
 
 def _export_onnx(folder: Path, out: Path) -> None:
     try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
         import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
     except ImportError as e:
-        raise MissingExtra("torch and transformers", "torch") from e
+        raise MissingExtra(f"{e.name or 'torch'} (for the ONNX export)", "torch") from e
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
