@@ -80,6 +80,7 @@ class Engine:
         self._engine: AsyncEngine = self._loop.run(_make(settings, kw))
         self.settings = self._engine.settings
         self.store = self._engine.store
+        self.backends = self._engine.backends
         self._closed = False
         atexit.register(self.close)  # unload cleanly even when the caller forgets to
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,27 @@ def test_corrupt_onnx_and_absent_device(engine: ff.Engine, tmp_path: Path) -> No
         engine.load("minilm:l6-onnx", device="cuda:0")
     assert len(engine.embed("minilm:l6-onnx", "still serving").embeddings[0]) == 384
     engine.rm("bad-onnx")
+
+
+def test_parity_matrix(engine: ff.Engine) -> None:
+    from ferrousforge.parity import run
+
+    rows = {(r.backend, r.device): r for r in run(engine, "minilm:l6")}
+    assert {("torch", "cpu"), ("onnx", "cpu")} <= set(rows)
+    onnx = rows[("onnx", "cpu")]
+    assert onnx.ok and onnx.model == "minilm:l6-onnx"
+    assert onnx.max_abs_diff is not None and 0 < onnx.max_abs_diff <= 1e-5
+    assert onnx.ms_per_batch is not None and onnx.load_ms is not None
+    strict = run(engine, "minilm:l6", backends=["onnx"], tolerance=1e-12)
+    assert [r.ok for r in strict] == [False]  # the check can fail
+
+
+def test_forge_parity_exit_codes(engine: ff.Engine) -> None:
+    env = os.environ | {"FORGE_HOME": str(engine.settings.home)}
+    cmd = [sys.executable, "-m", "ferrousforge", "parity", "minilm:l6", "--backends", "onnx"]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "minilm:l6-onnx" in ok.stdout and " ok" in ok.stdout
+    bad = subprocess.run(
+        [*cmd, "--tolerance", "1e-12"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 1 and "FAIL" in bad.stdout

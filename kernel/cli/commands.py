@@ -198,6 +198,56 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def parity(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..parity import run as run_parity
+
+    def split(v: str | None) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    with _engine() as engine:
+        _ensure_pulled(engine, args.model)
+        rows = run_parity(
+            engine, args.model, split(args.backends), split(args.devices), args.tolerance
+        )
+    if args.json:
+        out(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+
+        def num(v: float | None, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        out(
+            table(
+                (
+                    "BACKEND",
+                    "DEVICE",
+                    "MODEL",
+                    "MAX ABS DIFF",
+                    "MIN COSINE",
+                    "LOAD MS",
+                    "MS/BATCH",
+                    "RESULT",
+                ),
+                [
+                    (
+                        r.backend,
+                        r.device,
+                        r.model,
+                        num(r.max_abs_diff, ".2e"),
+                        num(r.min_cosine, ".6f"),
+                        num(r.load_ms, ".0f"),
+                        num(r.ms_per_batch, ".1f"),
+                        "ok" if r.ok else f"FAIL{': ' + r.error if r.error else ''}",
+                    )
+                    for r in rows
+                ],
+            )
+        )
+    return 0 if rows and all(r.ok for r in rows) else 1
+
+
 def hash_key(args: argparse.Namespace) -> int:
     from ..api.auth import KeyStore
 

@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the source model, e.g. minilm:l6")
     p.add_argument("--to", required=True, choices=["onnx"], help="the target format")
 
+    p = cmd("parity", "Compare a model's embeddings on every backend and device", commands.parity)
+    p.add_argument("model", help="e.g. minilm:l6 (torch on cpu is the reference)")
+    p.add_argument("--backends", help="comma-separated, e.g. onnx,torch (default: all)")
+    p.add_argument("--devices", help="comma-separated, e.g. cpu,cuda:0 (default: all)")
+    p.add_argument("--tolerance", type=float, help="max abs diff (default 1e-5, wgpu 1e-4)")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
+
     p = cmd("hash-key", "Print the sha256:<hex> form of an API key, for configs", commands.hash_key)
     p.add_argument("key", nargs="?", help="the key (default: read from stdin)")
 

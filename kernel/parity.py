@@ -1,0 +1,128 @@
+"""The parity matrix: one model's embeddings on every backend × device, against torch on cpu.
+
+Each backend runs the artifact it reads: the model itself, or a derived entry (``forge
+convert``) linked to it, converted on the spot when missing. ``run`` returns rows for
+Python and the notebook widgets; ``forge parity`` prints them and exits nonzero when any
+pair is out of tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+from .convert import TARGETS, convert
+from .errors import ForgeError
+from .sync_engine import Engine
+
+TEXTS = [
+    "a cat sits",
+    "a kitten is sitting",
+    "stock market",
+    "The quick brown fox jumps over the lazy dog.",
+    "Parity means the same answer everywhere.",
+    "émigré café naïve",
+    "東京は日本の首都です",
+    "",
+]
+TOLERANCE = {"wgpu": 1e-4}  # max abs diff per backend; 1e-5 for the rest
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Row:
+    backend: str
+    device: str
+    model: str
+    max_abs_diff: float | None = None
+    min_cosine: float | None = None
+    load_ms: float | None = None
+    ms_per_batch: float | None = None
+    ok: bool = False
+    error: str | None = None
+
+
+def artifact_for(engine: Engine, model: str, backend: str) -> str:
+    """The store entry ``backend`` reads for ``model``: itself, a derived one, or a new one."""
+    source = engine.show(model)
+    formats = engine.backends.get(backend).formats
+    if source.format in formats:
+        return source.name
+    for m in engine.list():
+        if m.parent == source.name and m.format in formats:
+            return m.name
+    target = next((t for t in TARGETS if t in formats), None)
+    if target is None:
+        raise ForgeError(f"no conversion of {source.name} for the {backend} backend yet")
+    return convert(engine.store, source.name, target).name
+
+
+def run(
+    engine: Engine,
+    model: str,
+    backends: list[str] | None = None,
+    devices: list[str] | None = None,
+    tolerance: float | None = None,
+    repeats: int = 3,
+) -> list[Row]:
+    """Embed ``TEXTS`` on every available backend × device and compare with torch on cpu."""
+    engine.load(model, backend="torch", device="cpu")
+    reference = engine.embed(model, TEXTS).embeddings
+    rows: list[Row] = []
+    for device in engine.devices():
+        for backend in device.backends:
+            if (backends and backend not in backends) or (devices and device.id not in devices):
+                continue
+            if backend in ("null", "llama_cpp"):
+                continue  # not sentence encoders of this model
+            rows.append(_measure(engine, model, backend, device.id, reference, tolerance, repeats))
+    return rows
+
+
+def _measure(
+    engine: Engine,
+    model: str,
+    backend: str,
+    device: str,
+    reference: list[list[float]],
+    tolerance: float | None,
+    repeats: int,
+) -> Row:
+    try:
+        name = artifact_for(engine, model, backend)
+        engine.unload(name)
+        start = time.perf_counter()
+        engine.load(name, backend=backend, device=device)
+        load_ms = (time.perf_counter() - start) * 1e3
+        times, vectors = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            vectors = engine.embed(name, TEXTS).embeddings
+            times.append((time.perf_counter() - t) * 1e3)
+    except ForgeError as e:
+        return Row(backend, device, model, error=str(e))
+    diff = max(
+        abs(a - b)
+        for u, v in zip(reference, vectors, strict=True)
+        for a, b in zip(u, v, strict=True)
+    )
+    cos = min(_cosine(u, v) for u, v in zip(reference, vectors, strict=True))
+    limit = tolerance if tolerance is not None else TOLERANCE.get(backend, DEFAULT_TOLERANCE)
+    return Row(
+        backend,
+        device,
+        name,
+        diff,
+        cos,
+        load_ms,
+        statistics.median(times),
+        ok=diff <= limit and cos >= 0.9999,
+    )
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    num = sum(x * y for x, y in zip(a, b, strict=True))
+    den = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return num / den if den else 1.0
