@@ -33,6 +33,7 @@ from .schema import (
     GenerateRequest,
     InferenceOptions,
     Message,
+    Request,
     Result,
 )
 from .store.manifest import Manifest
@@ -246,8 +247,21 @@ class AsyncEngine:
         priority: int = 0,
     ) -> Result:
         """The whole answer at once: the runtime hands it over in one piece, not per token."""
-        start = time.perf_counter_ns()
         manifest, task, event = self._prepare(model, req)
+        return await self._once(manifest, req, task, event, keep_alive, load, priority)
+
+    async def _once(
+        self,
+        manifest: Manifest,
+        req: Request,
+        task: str,
+        event: InferenceEvent,
+        keep_alive: KeepAlive,
+        load: LoadOptions | None,
+        priority: int = 0,
+    ) -> Result:
+        """One ``Mold.infer`` under a lease, with stats, counters and hooks filled in."""
+        start = time.perf_counter_ns()
         async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
             _require(lease.mold, task)
             self.hooks.inference_started(event)
@@ -259,7 +273,7 @@ class AsyncEngine:
         s = result.stats
         s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
         self.generated_tokens += s.eval_count
-        first = s.load_duration + s.prompt_eval_duration
+        first = 0 if task == "embed" else s.load_duration + s.prompt_eval_duration
         self.hooks.inference_ended(replace(event, stats=s, first_token_ns=first))
         return result
 
@@ -350,23 +364,12 @@ class AsyncEngine:
     ) -> Result:
         """Embeddings, one vector per input text."""
         texts = [input] if isinstance(input, str) else list(input)
-        start = time.perf_counter_ns()
         manifest = self.store.get(model)
         event = InferenceEvent(
             manifest.name, "embed", current_request_id.get(), current_client.get()
         )
-        async with self._lease(manifest, load, keep_alive) as lease:
-            _require(lease.mold, "embed")
-            self.hooks.inference_started(event)
-            try:
-                result = await lease.mold.infer(EmbedRequest(input=texts, truncate=truncate))
-            except BaseException as e:
-                self.hooks.inference_ended(replace(event, error=str(e) or type(e).__name__))
-                raise
-        result.stats.load_duration = lease.load_duration
-        result.stats.total_duration = time.perf_counter_ns() - start
-        self.hooks.inference_ended(replace(event, stats=result.stats))
-        return result
+        req = EmbedRequest(input=texts, truncate=truncate)
+        return await self._once(manifest, req, "embed", event, keep_alive, load)
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         async with self._lease(model) as lease:
@@ -426,7 +429,9 @@ def _chat_request(
 
 
 def _why(e: BaseException) -> str:
-    return "cancelled" if isinstance(e, GeneratorExit | asyncio.CancelledError) else str(e)
+    if isinstance(e, GeneratorExit | asyncio.CancelledError):
+        return "cancelled"
+    return str(e) or type(e).__name__
 
 
 def _opts(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
+from ..config import parse_duration
 from ..errors import RequestError
 from ..progress import Progress
 from ..schema import (
@@ -180,7 +181,7 @@ async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, k
     """Ollama's empty request: preload the model, or unload it with keep_alive 0."""
     engine = engine_of(request)
     name = engine.store.get(model).name
-    if keep_alive in (0, "0", "0s", "0m"):
+    if parse_duration(keep_alive) == 0:
         await engine.unload(name)
         reason = "unload"
     else:
