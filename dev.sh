@@ -61,11 +61,21 @@ setup_torch() {  # exactly this version: a local CPU wheel here; anything else p
     "$PY" -m pip install -q "torch==2.13.0"
 }
 
+setup_vulkan() {  # lavapipe: the Vulkan adapter the wgpu backend's tests run on (no GPU here)
+  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 && return
+  command -v apt-get >/dev/null || { say "no apt-get: install a Vulkan driver by hand"; return; }
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  say "installing mesa-vulkan-drivers (Debian) for wgpu's lavapipe adapter"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+}
+
 cmd_setup() {
   setup_venv
   setup_llama
   setup_torch
-  setup_project "llama,torch,onnx,dev"
+  setup_project "llama,torch,onnx,tvm,wgpu,dev"
 }
 
 cmd_run() {
@@ -78,6 +88,7 @@ cmd_run() {
 
 cmd_test() {
   cmd_setup
+  setup_vulkan
   say "pulling smollm2:135m and minilm:l6 for the real-model tier into $TEST_HOME"
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull smollm2:135m
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull minilm:l6

@@ -1,11 +1,15 @@
 """minilm:l6 embeddings: ms per batch on each backend, against what a user would write.
 
-    .venv/bin/python bench/embed.py [--runs 7]
+    .venv/bin/python bench/embed.py [--runs 7] [--tune 46] [--no-tvm] [--no-wgpu]
 
 The baseline is sentence-transformers-style torch eager: ``transformers`` AutoTokenizer and
 AutoModel, mean pooling and L2 norm in torch. Batches of 32 and of 1; medians; all in one
 process, one after another, with the same threads. Target: our best backend ≥ 1.3× faster
 than the baseline at batch 32. Not a test: these machines are shared and noisy.
+
+TVM runs untuned and tuned (``--tune`` trials per compiled shape; about 5 minutes per 46
+trials here). wgpu runs on whatever adapter it finds first (lavapipe here: a CPU rasterizer,
+so its figure says nothing about a GPU). Slow backends are timed with fewer runs.
 """
 
 from __future__ import annotations
@@ -70,15 +74,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--tune", type=int, default=46, help="TVM trials per shape (0: skip tuned)")
+    ap.add_argument("--no-tvm", action="store_true")
+    ap.add_argument("--no-wgpu", action="store_true")
     args = ap.parse_args()
 
     import ferrousforge as ff
     from ferrousforge.convert import convert
 
+    shapes = [(1, 16), (8, 16)]  # what BATCH and BATCH[:1] pad to, in slices of 8
     with ff.Engine(ff.Settings(threads=args.threads)) as engine:
         source = engine.pull("minilm:l6")
-        onnx = next((m.name for m in engine.list() if m.parent == source.name), None)
-        onnx = onnx or convert(engine.store, source.name, "onnx").name
+        derived = {m.format: m.name for m in engine.list() if m.parent == source.name}
+        onnx = derived.get("onnx") or convert(engine.store, source.name, "onnx").name
+        runs: list[tuple[str, str, str, int]] = [
+            ("forge torch", source.name, "torch", args.runs),
+            ("forge onnx", onnx, "onnx", args.runs),
+        ]
+        if not args.no_tvm:
+            convert(engine.store, source.name, "tvm", shapes=shapes)
+            engine.store.cp(f"{source.name}-tvm", f"{source.name}-tvm-untuned")
+            runs.append(("forge tvm untuned", f"{source.name}-tvm-untuned", "tvm", 2))
+            if args.tune:
+                convert(engine.store, source.name, "tvm", shapes=shapes, tune=args.tune)
+                runs.append((f"forge tvm {args.tune} trials", f"{source.name}-tvm", "tvm", 3))
+        if not args.no_wgpu and "wgpu" in engine.backends.names():
+            runs.append(("forge wgpu (1st adapter)", source.name, "wgpu", 2))
         base = baseline(source.path, args.threads)
         results: dict[str, tuple[float, float]] = {
             "torch eager (baseline)": (
@@ -86,18 +107,16 @@ def main() -> None:
                 timed(lambda: base(BATCH[:1]), args.runs),
             ),
         }
-        for label, name, backend in (
-            ("forge torch", source.name, "torch"),
-            ("forge onnx", onnx, "onnx"),
-        ):
-            engine.load(name, backend=backend, device="cpu")
+        for label, name, backend, count in runs:
+            engine.load(name, backend=backend)
+            where = next(p.device for p in engine.ps() if p.name == name)
 
             def run(texts: list[str], model: str = name) -> object:
                 return engine.embed(model, texts)
 
-            results[label] = (
-                timed(lambda: run(BATCH), args.runs),
-                timed(lambda: run(BATCH[:1]), args.runs),
+            results[f"{label} [{where}]"] = (
+                timed(lambda: run(BATCH), count),
+                timed(lambda: run(BATCH[:1]), count),
             )
             engine.unload(name)
 
@@ -106,7 +125,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cpus, threads={args.threads}, minilm:l6, median of {args.runs}"
     )
     for label, (b32, b1) in results.items():
-        print(f"{label:24s} batch 32 {b32:7.1f} ms  ({ref32 / b32:4.2f}x)   batch 1 {b1:6.1f} ms")
+        print(f"{label:36s} batch 32 {b32:8.1f} ms  ({ref32 / b32:5.2f}x)   batch 1 {b1:7.1f} ms")
     best = min(v[0] for k, v in results.items() if k.startswith("forge"))
     print(f"best forge backend: {ref32 / best:.2f}x the baseline at batch 32 (target >= 1.3)")
 

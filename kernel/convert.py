@@ -3,17 +3,20 @@
 ``--to onnx``: a safetensors encoder folder, exported with ``torch.onnx.export(dynamo=False)``
 (one file, and its graph runs ~30% faster in onnxruntime, DESIGN.md §6). The output's first
 output is ``last_hidden_state``; pooling stays outside the graph, so the browser can share it.
+``--to tvm``: that ONNX graph compiled with TVM Relax for a target and a set of static
+shapes (``tvm_compile``), as an entry holding the graph and ``tvm.json``.
 No network is used and the source is never changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from .backends.encoders import TextTokenizer
 from .errors import MissingExtra, UnsupportedFormat
@@ -34,26 +37,97 @@ _CARRIED = (
     "modules.json",
     "1_Pooling/config.json",
 )
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "tvm")
+TVM_SHAPES = ((1, 16), (1, 32), (1, 64), (1, 128), (8, 16), (8, 32), (8, 64), (8, 128))
 
 
-def convert(store: Store, model: str, to: str, progress: ProgressCallback = ignore) -> Manifest:
-    """Convert ``model`` and register the result as ``<model>-<to>`` (e.g. minilm:l6-onnx)."""
+def convert(
+    store: Store,
+    model: str,
+    to: str,
+    progress: ProgressCallback = ignore,
+    *,
+    target: str = "llvm",
+    tune: int = 0,
+    shapes: Sequence[tuple[int, int]] = TVM_SHAPES,
+) -> Manifest:
+    """Convert ``model`` and register the result as ``<model>-<to>`` (e.g. minilm:l6-onnx).
+
+    ``--to tvm`` goes through the ONNX entry (made first when missing), compiles ``shapes``
+    for ``target`` into the store's cache, tuning each with ``tune`` trials when > 0.
+    """
     if to not in TARGETS:
         raise UnsupportedFormat(f"cannot convert to {to!r}; targets: {', '.join(TARGETS)}")
     src = store.get(model)
+    if to == "tvm":
+        return _convert_tvm(store, src, target, tune, shapes, progress)
     if src.format != "safetensors":
         raise UnsupportedFormat(f"--to onnx reads safetensors folders; {src.name} is {src.format}")
+
+    def fill(staging: Path) -> None:
+        progress(Progress(f"exporting {src.name} to ONNX"))
+        _export_onnx(src.file, staging / "model.onnx")
+        _carry(src.file, staging)
+
+    return _register(store, src, to, fill, progress)
+
+
+def _convert_tvm(
+    store: Store,
+    src: Manifest,
+    target: str,
+    tune: int,
+    shapes: Sequence[tuple[int, int]],
+    progress: ProgressCallback,
+) -> Manifest:
+    from .backends.tvm_backend import SPEC, source_of
+    from .tvm_compile import Cache, parse_target
+
+    tvm_target = parse_target(target)
+    if src.format == "onnx":
+        graph = src
+    elif src.format == "safetensors":
+        derived = [m for m in store.list() if m.parent == src.name and m.format == "onnx"]
+        graph = derived[0] if derived else convert(store, src.name, "onnx", progress)
+    else:
+        raise UnsupportedFormat(f"--to tvm reads safetensors or ONNX; {src.name} is {src.format}")
+    source = source_of(graph)
+    cache = Cache(store.home / "cache" / "tvm", source, tvm_target)
+    for shape in shapes:  # compile before registering: a failure leaves no entry
+        cache.build(shape, tune, progress)
+
+    def fill(staging: Path) -> None:
+        try:  # blobs are immutable: a hard link shares the graph's bytes
+            os.link(source.path, staging / "model.onnx")
+        except OSError:
+            shutil.copyfile(source.path, staging / "model.onnx")
+        _carry(source.path.parent, staging)
+        spec = {"target": tvm_target, "shapes": [list(s) for s in shapes], "trials": tune}
+        (staging / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+
+    return _register(store, src, "tvm", fill, progress)
+
+
+def _carry(folder: Path, staging: Path) -> None:
+    for rel in _CARRIED:
+        if (folder / rel).is_file():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / rel, staging / rel)
+
+
+def _register(
+    store: Store,
+    src: Manifest,
+    to: str,
+    fill: Callable[[Path], None],
+    progress: ProgressCallback,
+) -> Manifest:
+    """Fill a staging folder, move it into the blobs by its digest, save the manifest."""
     staging = store.partial / f"convert-{src.sha256[:16]}-{to}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        progress(Progress(f"exporting {src.name} to ONNX"))
-        _export_onnx(src.file, staging / "model.onnx")
-        for rel in _CARRIED:
-            if (src.file / rel).is_file():
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src.file / rel, staging / rel)
+        fill(staging)
         files = [
             FileEntry(
                 path=p.relative_to(staging).as_posix(),
@@ -96,27 +170,12 @@ def _export_onnx(folder: Path, out: Path) -> None:
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
         import torch
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
+        import transformers  # noqa: F401
     except ImportError as e:
         raise MissingExtra(f"{e.name or 'torch'} (for the ONNX export)", "torch") from e
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    from .backends.torch_backend import traceable_encoder
 
-    class Encoder(torch.nn.Module):  # type: ignore[misc]
-        """Keyword arguments in, last hidden state out: immune to forward()'s arg order."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
-            return out.last_hidden_state
-
+    encoder = traceable_encoder(folder)
     batch = TextTokenizer(folder).encode(["a sample sentence", "and a second, longer one"])
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     tensors = tuple(torch.from_numpy(getattr(batch, n)) for n in inputs)
@@ -124,7 +183,7 @@ def _export_onnx(folder: Path, out: Path) -> None:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that dynamo is newer
         torch.onnx.export(
-            Encoder().eval(),
+            encoder,
             tensors,
             str(out),
             input_names=list(inputs),

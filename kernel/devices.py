@@ -13,7 +13,7 @@ from .errors import DeviceUnavailable, MissingExtra, UnsupportedFormat
 from .mold import Backend, Device, LoadOptions
 from .store.manifest import Manifest
 
-GPU_KINDS = ("cuda", "metal", "vulkan")
+GPU_KINDS = ("cuda", "metal", "vulkan", "dx12", "gl")
 
 
 def cpu_device(backend: str) -> Device:

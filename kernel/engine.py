@@ -98,7 +98,13 @@ class AsyncEngine:
 
     def _default_opts(self) -> LoadOptions:
         s = self.settings
-        return LoadOptions(backend=s.backend, device=s.device, num_ctx=s.num_ctx, threads=s.threads)
+        return LoadOptions(
+            backend=s.backend,
+            device=s.device,
+            num_ctx=s.num_ctx,
+            threads=s.threads,
+            cache_dir=self.store.home / "cache",
+        )
 
     @contextlib.asynccontextmanager
     async def _lease(
@@ -158,6 +164,7 @@ class AsyncEngine:
             gpu_layers=gpu_layers,
             num_ctx=num_ctx or base.num_ctx,
             threads=base.threads,
+            cache_dir=base.cache_dir,
         )
         async with self._lease(model, opts, keep_alive) as lease:
             name = str(parse_name(lease.mold.name))
@@ -170,6 +177,7 @@ class AsyncEngine:
         except ModelNotFound:  # removed from the store while loaded
             key = str(parse_name(model))
         found = await self.scheduler.unload(key)
+        self._opts.pop(key, None)  # the next request loads with the defaults again
         self._publish()
         return found
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .schema import ChatRequest, Chunk, GenerateRequest, ModelMetadata, Request, Result
@@ -34,6 +35,7 @@ class LoadOptions:
     gpu_layers: int | None = None  # None: all layers on a GPU device, none on cpu
     num_ctx: int | None = None
     threads: int | None = None
+    cache_dir: Path | None = None  # where a backend keeps what it compiles (the store's cache/)
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -45,14 +45,18 @@ class Row:
 
 
 def artifact_for(engine: Engine, model: str, backend: str) -> str:
-    """The store entry ``backend`` reads for ``model``: itself, a derived one, or a new one."""
+    """The store entry ``backend`` reads for ``model``: a derived entry in the backend's own
+    format (``minilm:l6-tvm``), the model itself, another derived one, or a new conversion."""
     source = engine.show(model)
     formats = engine.backends.get(backend).formats
+    derived = [m for m in engine.list() if m.parent == source.name and m.format in formats]
+    own = [m for m in derived if m.format == backend]
+    if own:
+        return own[0].name
     if source.format in formats:
         return source.name
-    for m in engine.list():
-        if m.parent == source.name and m.format in formats:
-            return m.name
+    if derived:
+        return derived[0].name
     target = next((t for t in TARGETS if t in formats), None)
     if target is None:
         raise ForgeError(f"no conversion of {source.name} for the {backend} backend yet")
@@ -78,6 +82,7 @@ def run(
             if backend in ("null", "llama_cpp"):
                 continue  # not sentence encoders of this model
             rows.append(_measure(engine, model, backend, device.id, reference, tolerance, repeats))
+    engine.unload(model)
     return rows
 
 
@@ -90,19 +95,23 @@ def _measure(
     tolerance: float | None,
     repeats: int,
 ) -> Row:
+    name = model
     try:
         name = artifact_for(engine, model, backend)
         engine.unload(name)
         start = time.perf_counter()
         engine.load(name, backend=backend, device=device)
         load_ms = (time.perf_counter() - start) * 1e3
-        times, vectors = [], []
+        vectors = engine.embed(name, TEXTS).embeddings  # warm: a first call may compile
+        times = []
         for _ in range(repeats):
             t = time.perf_counter()
             vectors = engine.embed(name, TEXTS).embeddings
             times.append((time.perf_counter() - t) * 1e3)
     except ForgeError as e:
         return Row(backend, device, model, error=str(e))
+    finally:
+        engine.unload(name)  # the next pair, or the caller, loads with its own options
     diff = max(
         abs(a - b)
         for u, v in zip(reference, vectors, strict=True)

@@ -12,6 +12,7 @@ class Progress:
     total: int | None = None  # bytes, when known
     completed: int | None = None
     digest: str | None = None
+    unit: str = "B"  # what total and completed count: bytes, or "trial" when tuning
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import socket
 import threading
@@ -196,3 +197,16 @@ def make_small_gguf() -> MakeGGUF:
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def minilm_engine() -> Iterator[Any]:
+    """An engine on the real-model test home (slow tier), or a skip when minilm:l6 is absent."""
+    import ferrousforge as ff
+
+    home = Path(os.environ.get("FORGE_TEST_HOME", "~/.cache/ferrousforge/test-home"))
+    home = home.expanduser()
+    if not (home / "manifests/library/minilm/l6.json").is_file():
+        pytest.skip(f"minilm:l6 is not in {home}; ./dev.sh test pulls it first")
+    with ff.Engine(ff.Settings(home=home, threads=2)) as engine:
+        yield engine

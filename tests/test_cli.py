@@ -192,7 +192,8 @@ def test_devices_and_ps(env: dict[str, str]) -> None:
         (("show", "m" * 130), "Error: invalid model name 'mmm"),
         (("cp", "tiny-model", "a/b/c"), "Error: invalid model name 'a/b/c'"),
         (("run", "tiny-model", "x", "--device", "cuda:3"), "Error: device 'cuda:3' is not"),
-        (("run", "tiny-model", "x", "--backend", "tvm"), "Error: unknown backend 'tvm'"),
+        (("run", "tiny-model", "x", "--backend", "tensorrt"), "Error: unknown backend 'tensorrt'"),
+        (("run", "tiny-model", "x", "--backend", "tvm"), "Error: backend tvm does not read gguf"),
         (("run", "tiny-model", "x", "--keep-alive", "soon"), "Error: bad duration 'soon'"),
     ],
 )

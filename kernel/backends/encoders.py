@@ -115,6 +115,7 @@ class EncoderMold(abc.ABC):
 
     backend = ""
     tasks = frozenset({"embed", "tokenize"})
+    slice_rows = 8  # texts per forward pass, sorted by length (bench/embed.py measures it)
 
     def __init__(self, manifest: Manifest, device: Device, opts: LoadOptions, memory: int):
         self.name, self.device, self.metadata = manifest.name, device.id, manifest.metadata
@@ -168,9 +169,27 @@ class EncoderMold(abc.ABC):
         return self._tok, self._worker
 
     def _embed(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[float]], int]:
+        """Embed in slices of similar length, so short texts are not padded to the longest."""
+        import numpy as np
+
         tok, _ = self._live()
         batch = tok.encode(texts, truncate)
-        return mean_pool(self._hidden(batch), batch.attention_mask), batch.count
+        lengths = batch.attention_mask.sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        vectors: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(texts), self.slice_rows):
+            rows = order[start : start + self.slice_rows]
+            width = max(int(lengths[rows].max()), 1)
+            part = Batch(
+                batch.input_ids[rows, :width],
+                batch.attention_mask[rows, :width],
+                batch.token_type_ids[rows, :width],
+                int(lengths[rows].sum()),
+            )
+            pooled = mean_pool(self._hidden(part), part.attention_mask)
+            for row, vector in zip(rows, pooled, strict=True):
+                vectors[row] = vector
+        return vectors, batch.count
 
     async def infer(self, req: Request) -> Result:
         if not isinstance(req, EmbedRequest):

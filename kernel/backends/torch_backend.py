@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ..devices import cpu_device
@@ -46,6 +47,7 @@ class TorchBackend:
 
 class TorchMold(EncoderMold):
     backend = "torch"
+    slice_rows = 32  # eager torch's per-call cost outweighs what shorter padding saves
 
     def _torch_device(self) -> str:
         return "mps" if self.device.startswith("metal") else self.device
@@ -76,3 +78,29 @@ class TorchMold(EncoderMold):
                 token_type_ids=torch.from_numpy(batch.token_type_ids).to(dev),
             )
         return out.last_hidden_state.float().cpu().numpy()
+
+
+def traceable_encoder(folder: Path) -> Any:
+    """The folder's encoder as a module of (input_ids, attention_mask, token_type_ids) by
+    position returning the last hidden state: what ``torch.onnx.export`` and
+    ``torch.export`` trace, immune to the order of the model's own ``forward`` arguments."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+
+    class Encoder(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return out.last_hidden_state
+
+    return Encoder().eval()

@@ -191,7 +191,16 @@ def convert(args: argparse.Namespace) -> int:
 
     bars = ProgressBars()
     try:
-        m = run_convert(Store(load_settings().home), args.model, args.to, progress=bars)
+        extra = {"shapes": args.shapes} if args.shapes else {}
+        m = run_convert(
+            Store(load_settings().home),
+            args.model,
+            args.to,
+            progress=bars,
+            target=args.target,
+            tune=args.tune,
+            **extra,
+        )
     finally:
         bars.close()
     out(f"converted {m.parent} to {m.name} ({m.format}, {size(m.size)})")

@@ -90,7 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("convert", "Convert a model to another format, as a new store entry", commands.convert)
     p.add_argument("model", help="the source model, e.g. minilm:l6")
-    p.add_argument("--to", required=True, choices=["onnx"], help="the target format")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["onnx", "tvm"],
+        help="onnx: torch.onnx export of a safetensors encoder; "
+        "tvm: that graph compiled with Apache TVM (made from the ONNX entry)",
+    )
+    p.add_argument(
+        "--target",
+        default="llvm",
+        help="TVM target: llvm (this CPU), cuda, 'llvm -mcpu=znver3' or a JSON object",
+    )
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tune each shape with N meta_schedule trials (slow: ~5 s a trial here)",
+    )
+    p.add_argument(
+        "--shapes",
+        type=shape_list,
+        help="BATCHxTOKENS shapes to compile ahead, comma-separated "
+        "(default: 1 and 8 by 16, 32, 64, 128); others compile on first use",
+    )
 
     p = cmd("parity", "Compare a model's embeddings on every backend and device", commands.parity)
     p.add_argument("model", help="e.g. minilm:l6 (torch on cpu is the reference)")
@@ -131,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     _load_flags(p)
     return parser
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """``32x16,1x128`` -> [(32, 16), (1, 128)]."""
+    shapes = []
+    for item in text.split(","):
+        batch, _, tokens = item.strip().lower().partition("x")
+        if not (batch.isdigit() and tokens.isdigit() and int(batch) and int(tokens)):
+            raise argparse.ArgumentTypeError(
+                f"bad shape {item!r}: expected BATCHxTOKENS, e.g. 32x16"
+            )
+        shapes.append((int(batch), int(tokens)))
+    return shapes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,8 +88,8 @@ class ProgressBars:
                 self._bar = tqdm(
                     total=p.total,
                     desc=p.status,
-                    unit="B",
-                    unit_scale=True,
+                    unit=p.unit,
+                    unit_scale=p.unit == "B",
                     unit_divisor=1024,
                     file=sys.stderr,
                     leave=True,
