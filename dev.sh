@@ -61,21 +61,36 @@ setup_torch() {  # exactly this version: a local CPU wheel here; anything else p
     "$PY" -m pip install -q "torch==2.13.0"
 }
 
-setup_vulkan() {  # lavapipe: the Vulkan adapter the wgpu backend's tests run on (no GPU here)
-  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 && return
-  command -v apt-get >/dev/null || { say "no apt-get: install a Vulkan driver by hand"; return; }
+apt_install() {  # $1: why; the rest: Debian packages, installed only when missing
+  local why=$1 missing=() pkg
+  shift
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  command -v apt-get >/dev/null || { say "no apt-get: install ${missing[*]} by hand ($why)"; return; }
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
-  say "installing mesa-vulkan-drivers (Debian) for wgpu's lavapipe adapter"
+  say "installing ${missing[*]} (Debian) for $why"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+setup_test_system() {
+  # lavapipe: the Vulkan adapter wgpu's tests run on; chromium: the browser Playwright drives
+  # (never `playwright install`: browser downloads fail here)
+  apt_install "wgpu's lavapipe adapter and Playwright's browser" mesa-vulkan-drivers chromium
+}
+
+setup_jupyter_extension() {  # editable installs skip the data file that enables it: copy it
+  mkdir -p "$VENV/etc/jupyter/jupyter_server_config.d"
+  cp jupyter-config/ferrousforge.json "$VENV/etc/jupyter/jupyter_server_config.d/"
 }
 
 cmd_setup() {
   setup_venv
   setup_llama
   setup_torch
-  setup_project "llama,torch,onnx,tvm,wgpu,dev"
+  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,dev"
+  setup_jupyter_extension
 }
 
 cmd_run() {
@@ -88,7 +103,7 @@ cmd_run() {
 
 cmd_test() {
   cmd_setup
-  setup_vulkan
+  setup_test_system
   say "pulling smollm2:135m and minilm:l6 for the real-model tier into $TEST_HOME"
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull smollm2:135m
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull minilm:l6

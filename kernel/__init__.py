@@ -39,6 +39,14 @@ from .sync_engine import Engine
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(shell: object) -> None:
+    """``%load_ext ferrousforge``: the ``%forge`` and ``%%forge`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(shell)
+
+
 __all__ = [
     "AsyncEngine",
     "Backend",

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     hf_endpoint: str = "https://huggingface.co"
     backend: str | None = None
     device: str | None = None
+    onnx_optimization: str = Field(
+        "all", pattern="^(disable|basic|extended|all)$", description="onnxruntime graph level"
+    )
+    onnx_io_binding: bool | None = Field(
+        None, description="bind ONNX inputs and outputs to the device; None: on for GPUs"
+    )
     log_level: str = "WARNING"
 
     # -- the HTTP server (forge serve) --

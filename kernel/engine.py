@@ -104,6 +104,14 @@ class AsyncEngine:
             num_ctx=s.num_ctx,
             threads=s.threads,
             cache_dir=self.store.home / "cache",
+            extra={"onnx_optimization": s.onnx_optimization, "onnx_io_binding": s.onnx_io_binding},
+        )
+
+    def _completed(self, opts: LoadOptions) -> LoadOptions:
+        """Options from a caller, with the engine's cache and backend settings filled in."""
+        base = self._default_opts()
+        return replace(
+            opts, cache_dir=opts.cache_dir or base.cache_dir, extra={**base.extra, **opts.extra}
         )
 
     @contextlib.asynccontextmanager
@@ -117,7 +125,7 @@ class AsyncEngine:
     ) -> AsyncIterator[Lease]:
         manifest = self.store.get(model) if isinstance(model, str) else model
         key = str(parse_name(manifest.name))
-        opts = load or self._opts.get(key) or self._default_opts()
+        opts = self._completed(load or self._opts.get(key) or self._default_opts())
         if options is not None and options.num_ctx:
             opts = replace(opts, num_ctx=options.num_ctx)
         loaded = self.scheduler.runners.get(key)
@@ -165,6 +173,7 @@ class AsyncEngine:
             num_ctx=num_ctx or base.num_ctx,
             threads=base.threads,
             cache_dir=base.cache_dir,
+            extra=base.extra,
         )
         async with self._lease(model, opts, keep_alive) as lease:
             name = str(parse_name(lease.mold.name))

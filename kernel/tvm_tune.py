@@ -14,8 +14,6 @@ from typing import Any
 
 from .progress import Progress, ProgressCallback
 
-log = logging.getLogger(__name__)
-
 
 def import_tensor_intrin() -> None:
     """Import TVM's tensor intrinsics in ~7 s instead of ~70.
@@ -54,6 +52,9 @@ def tune(
     from tvm.s_tir.meta_schedule.builder import PyBuilder
 
     import_tensor_intrin()
+    quiet = logging.getLogger("tvm.s_tir.meta_schedule")
+    if quiet.level == logging.NOTSET:  # its console handler takes this level; logs go to work/
+        quiet.setLevel(logging.WARNING)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = max(1, -(-trials // max(len(tasks), 1)))
     local = ms.builder.LocalBuilder(

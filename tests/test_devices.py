@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ferrousforge.backends import Backends
 from ferrousforge.backends.null import NullBackend
 from ferrousforge.devices import choose, cpu_device
-from ferrousforge.errors import DeviceUnavailable, MissingExtra, UnsupportedFormat
+from ferrousforge.errors import DeviceUnavailable, MissingExtra, UnsupportedFormat, UnsupportedTask
 from ferrousforge.mold import Device, LoadOptions, Mold
 from ferrousforge.schema import ModelMetadata, ModelRequirements
 from ferrousforge.store.manifest import Manifest
@@ -97,3 +100,34 @@ def test_devices_merge_across_backends() -> None:
     )
     merged = {d.id: d.backends for d in b.devices()}
     assert merged == {"cpu": ("fake", "y"), "cuda:0": ("fake",)}
+
+
+@pytest.mark.parametrize(
+    ("backend", "module", "fmt"), [("tvm", "tvm", "tvm"), ("wgpu", "wgpu", "safetensors")]
+)
+def test_real_backends_name_their_extra_when_missing(
+    monkeypatch: pytest.MonkeyPatch, backend: str, module: str, fmt: str
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
+    found = Backends.discover()
+    assert backend in found.names()
+    with pytest.raises(MissingExtra, match=rf"pip install 'ferrousforge\[{backend}\]'"):
+        choose(manifest(fmt), found, LoadOptions(backend=backend))
+
+
+def test_torch_refuses_decoders_at_its_generation_seam(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ferrousforge.backends.torch_backend import TorchBackend, is_decoder
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    m = manifest("safetensors").model_copy(update={"path": str(tmp_path), "name": "dec:1"})
+    assert is_decoder(tmp_path)
+    with pytest.raises(UnsupportedTask, match="dec:1 is a text-generation model"):
+        TorchBackend().open(m, cpu_device("torch"), LoadOptions())
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    assert not is_decoder(tmp_path)

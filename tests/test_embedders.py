@@ -101,3 +101,21 @@ def test_forge_parity_exit_codes(engine: ff.Engine) -> None:
         [*cmd, "--tolerance", "1e-12"], env=env, capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_onnx_session_options_and_io_binding(engine: ff.Engine) -> None:
+    plain = engine.embed("minilm:l6-onnx", SENTENCES).embeddings
+    settings = ff.Settings(
+        home=engine.settings.home, threads=1, onnx_optimization="basic", onnx_io_binding=True
+    )
+    with ff.Engine(settings) as bound:
+        got = bound.embed("minilm:l6-onnx", SENTENCES).embeddings
+        mold = bound._engine.scheduler.runners["minilm:l6-onnx"].mold
+        options = mold._session.get_session_options()  # type: ignore[attr-defined]
+        assert mold.io_binding  # type: ignore[attr-defined]
+        assert str(options.graph_optimization_level).endswith("ORT_ENABLE_BASIC")
+        assert options.intra_op_num_threads == 1
+    for a, b in zip(plain, got, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
+    with pytest.raises(ValueError, match="onnx_optimization"):
+        ff.Settings(onnx_optimization="max")

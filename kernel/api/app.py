@@ -21,7 +21,7 @@ from .. import __version__
 from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError, RateLimited
-from . import ollama, openai
+from . import ollama, openai, workbench
 from .auth import Authenticator
 from .metrics import Metrics
 from .middleware import RequestContext
@@ -73,6 +73,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     guarded = [Depends(guard)]
     app.include_router(ollama.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
+    app.include_router(workbench.router, dependencies=guarded)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

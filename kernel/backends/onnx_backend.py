@@ -22,6 +22,15 @@ _PROVIDERS = {
 }
 
 
+# our onnx_optimization setting -> onnxruntime's GraphOptimizationLevel member
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
 class OnnxBackend:
     name = "onnx"
     formats = frozenset({"onnx"})
@@ -61,8 +70,9 @@ class OnnxMold(EncoderMold):
         graphs = sorted(self.path.glob("*.onnx")) if self.path.is_dir() else [self.path]
         if not graphs:
             raise InvalidModelFile(f"no .onnx graph in {self.path}")
+        level = str(self.opts.extra.get("onnx_optimization") or "all")
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         so.intra_op_num_threads = self.opts.threads or 0
         so.log_severity_level = 3
         try:
@@ -72,6 +82,10 @@ class OnnxMold(EncoderMold):
         except Exception as e:  # onnxruntime raises its own types for bad graphs
             raise InvalidModelFile(f"onnxruntime cannot load {graphs[0]}: {e}") from e
         self._inputs = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
+        binding = self.opts.extra.get("onnx_io_binding")
+        # Binding saves the host<->device copies of inputs and outputs; on the CPU there are none
+        self.io_binding = self.device != "cpu" if binding is None else bool(binding)
 
     def _hidden(self, batch: Batch) -> Any:
         feed = {
@@ -83,4 +97,11 @@ class OnnxMold(EncoderMold):
             )
             if name in self._inputs
         }
-        return self._session.run(None, feed)[0]
+        if not self.io_binding:
+            return self._session.run([self._output], feed)[0]
+        binding = self._session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output, self.device.split(":")[0].replace("metal", "cpu"))
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]

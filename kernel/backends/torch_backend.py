@@ -1,16 +1,17 @@
 """The torch backend (extra ``torch``): safetensors folders with config.json, loaded through
 ``transformers`` from the local folder only, on cpu, cuda or mps. Sentence embeddings now;
-``generate`` is the seam for decoder models (AutoModelForCausalLM) later.
+``open`` is the seam for decoder models (AutoModelForCausalLM): they are refused there for now.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 from ..devices import cpu_device
-from ..errors import InvalidModelFile, MissingExtra
+from ..errors import InvalidModelFile, MissingExtra, UnsupportedTask
 from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
 from .encoders import Batch, EncoderMold
@@ -42,7 +43,23 @@ class TorchBackend:
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("torch and transformers", "torch")
+        if is_decoder(manifest.file):
+            # The seam for generation: a decoder Mold (AutoModelForCausalLM, streaming through
+            # a TextIteratorStreamer on the Mold's worker) plugs in here.
+            raise UnsupportedTask(
+                f"{manifest.name} is a text-generation model; the torch backend only embeds "
+                "so far. Run a GGUF of it on llama_cpp"
+            )
         return TorchMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+
+
+def is_decoder(folder: Path) -> bool:
+    """Whether config.json names a causal LM architecture (``...ForCausalLM``)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
 class TorchMold(EncoderMold):

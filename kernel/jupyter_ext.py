@@ -1,0 +1,179 @@
+"""The Jupyter server extension: one engine per Jupyter server, shared by all its kernels.
+
+On load it starts the engine's HTTP API on a private 127.0.0.1 port with a random key, mounts
+it under ``<base_url>forge/`` behind Jupyter's own authentication (a request without a
+token gets 403), serves a small page at ``forge/ui``, and exports ``FORGE_URL`` and
+``FORGE_API_KEY`` so the kernels this server starts use that engine without configuration
+(``notebook.shared()``): several notebooks, one copy of each model.
+
+Installs enable it (``etc/jupyter/jupyter_server_config.d/ferrousforge.json``); editable
+installs skip that data file, so it is copied there by hand (``./dev.sh setup`` does).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+import httpx
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .config import load_settings
+from .errors import ConfigError
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server"}
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "ferrousforge.jupyter_ext"}]
+
+
+class Backend:
+    """The engine's API server on a thread of its own (its own event loop)."""
+
+    def __init__(self) -> None:
+        from .api.server import bind, make_server
+
+        self.key = secrets.token_urlsafe(24)
+        settings = load_settings().model_copy(update={"api_keys": [self.key]})
+        sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server, _ = make_server(settings, sock)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="forge-engine", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise ConfigError("the forge engine did not start inside the Jupyter server")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+
+
+class ProxyHandler(APIHandler):
+    """``forge/<path>`` → the engine's ``/<path>``. NDJSON and SSE pass through chunk by
+    chunk, and a client that leaves closes the upstream request."""
+
+    def initialize(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def check_xsrf_cookie(self) -> None:  # token-authenticated API calls, as APIHandler's
+        if not self.request.headers.get("Authorization"):
+            super().check_xsrf_cookie()
+
+    @web.authenticated
+    async def get(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def post(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def delete(self, path: str) -> None:
+        await self._forward(path)
+
+    async def _forward(self, path: str) -> None:
+        headers = {"Authorization": f"Bearer {self.backend.key}"}
+        if "Content-Type" in self.request.headers:
+            headers["Content-Type"] = self.request.headers["Content-Type"]
+        target = "/" + path + (f"?{self.request.query}" if self.request.query else "")
+        async with (
+            httpx.AsyncClient(base_url=self.backend.url, timeout=None) as client,
+            client.stream(
+                self.request.method or "GET",
+                target,
+                content=self.request.body or None,
+                headers=headers,
+            ) as upstream,
+        ):
+            self.set_status(upstream.status_code)
+            for name, value in upstream.headers.items():
+                if name.lower() not in _HOP_HEADERS:
+                    self.set_header(name, value)
+            try:
+                async for chunk in upstream.aiter_raw():
+                    self.write(chunk)
+                    await self.flush()
+            except StreamClosedError:
+                return  # leaving the block closes upstream: the engine stops generating
+        self.finish()
+
+
+class UiHandler(JupyterHandler):
+    """``forge/ui``: the models in the store, what is loaded, and the devices."""
+
+    def initialize(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @web.authenticated
+    async def get(self) -> None:
+        headers = {"Authorization": f"Bearer {self.backend.key}"}
+        async with httpx.AsyncClient(base_url=self.backend.url, headers=headers, timeout=120) as c:
+            models = (await c.get("/api/forge/models")).json()
+            loaded = {m["name"]: m for m in (await c.get("/api/forge/loaded")).json()}
+            devices = (await c.get("/api/forge/devices")).json()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(_page(models, loaded, devices))
+
+
+def _page(models: list[dict[str, Any]], loaded: dict[str, Any], devices: list[Any]) -> str:
+    def rows(items: list[list[str]]) -> str:
+        return "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in items
+        )
+
+    model_rows = [
+        [
+            m["name"],
+            m["format"],
+            f"{m['size'] / 1e6:.1f} MB",
+            (f"{loaded[m['name']]['backend']} on {loaded[m['name']]['device']}")
+            if m["name"] in loaded
+            else "",
+        ]
+        for m in models
+    ]
+    device_rows = [[d["id"], d["name"], ", ".join(d["backends"])] for d in devices]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FerrousForge</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:2em}}th{{background:#f4f4f4}}
+td,th{{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}}</style>
+</head><body><h1>FerrousForge</h1>
+<h2>Models</h2><table id="models"><tr><th>Name</th><th>Format</th><th>Size</th><th>Loaded</th></tr>
+{rows(model_rows)}</table>
+<h2>Devices</h2><table id="devices"><tr><th>Device</th><th>Name</th><th>Backends</th></tr>
+{rows(device_rows)}</table></body></html>"""
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    backend = Backend()
+    serverapp.web_app.settings["ferrousforge_backend"] = backend
+    os.environ["FORGE_URL"] = backend.url  # inherited by every kernel started from now on
+    os.environ["FORGE_API_KEY"] = backend.key
+    base = serverapp.web_app.settings["base_url"]
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "forge/ui"), UiHandler, {"backend": backend}),
+            (url_path_join(base, "forge/(.*)"), ProxyHandler, {"backend": backend}),
+        ],
+    )
+    serverapp.log.info("FerrousForge engine at %sforge/ (kernels use it)", base)
+
+
+def _unload_jupyter_server_extension(serverapp: Any) -> None:
+    backend = serverapp.web_app.settings.pop("ferrousforge_backend", None)
+    if backend is not None:
+        backend.stop()

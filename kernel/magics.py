@@ -1,0 +1,305 @@
+"""``%load_ext ferrousforge``: the ``%forge`` line magic and the ``%%forge`` cell magic.
+
+Answers stream into the cell's output as tokens arrive and are re-rendered in the chosen
+format at the end; the engine is ``notebook.shared()`` (in-process, or remote). Errors are
+one line on stderr, never a traceback. ``%forge help`` lists the subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import string
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import JSON, Code, Markdown, display
+
+from . import notebook
+from .cli.render import size as _size
+from .cli.render import table, until
+from .errors import ForgeError
+from .progress import Progress
+
+HELP = """\
+%forge load MODEL [--backend B] [--device D] [--keep-alive T]   pull if needed, then load
+%forge unload MODEL | list | ps | devices | show MODEL | pull MODEL
+%forge use MODEL             the default model of %%forge and %forge ask
+%forge clear                 forget the --history conversation
+%forge MODEL PROMPT...       a one-line answer
+%%forge [MODEL] [--system S] [--format markdown|text|code|json] [--temperature T]
+        [--max-tokens N] [-o VAR] [--history]
+                             the cell is the prompt, {var} taken from your names"""
+
+
+class UsageError(ForgeError):
+    status = 400
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message} (see %forge help)")
+
+
+def _cell_parser() -> _Parser:
+    p = _Parser(prog="%%forge", add_help=False)
+    p.add_argument("model", nargs="?")
+    p.add_argument("--system")
+    p.add_argument("--format", choices=["markdown", "text", "code", "json"], default="markdown")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("-o", dest="output")
+    p.add_argument("--history", action="store_true")
+    return p
+
+
+@dataclass
+class Answer:
+    """What ``-o VAR`` stores: the text, token counts and timings of one answer."""
+
+    model: str
+    text: str = ""
+    prompt_tokens: int = 0
+    tokens: int = 0
+    first_token_ms: float | None = None
+    total_ms: float = 0.0
+    tokens_per_second: float = 0.0
+    done_reason: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Names(Mapping[str, Any]):
+    """The user's namespace for ``{var}``; an unknown name is a one-line error."""
+
+    def __init__(self, ns: Mapping[str, Any]) -> None:
+        self.ns = ns
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.ns:
+            raise UsageError(f"unknown variable {key!r} in the prompt (write {{{{ for a brace)")
+        return self.ns[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ns)
+
+    def __len__(self) -> int:
+        return len(self.ns)
+
+
+@magics_class
+class ForgeMagics(Magics):
+    def __init__(self, shell: Any, engine: Callable[[], Any] = notebook.shared) -> None:
+        super().__init__(shell)
+        self.engine = engine
+        self.default: str | None = None
+        self.history: list[dict[str, str]] = []
+
+    @line_cell_magic
+    def forge(self, line: str, cell: str | None = None) -> Any:
+        try:
+            return self._cell(line, cell) if cell is not None else self._line(line)
+        except ForgeError as e:
+            sys.stderr.write(f"forge: {e}\n")
+        except KeyboardInterrupt:
+            sys.stderr.write("forge: stopped\n")
+        return None
+
+    def _names(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
+
+    # -- %forge ---------------------------------------------------------------------
+
+    def _line(self, line: str) -> Any:
+        args = shlex.split(line)
+        if not args or args[0] in ("help", "-h", "--help"):
+            sys.stdout.write(HELP + "\n")
+            return None
+        command, rest = args[0], args[1:]
+        engine = self.engine()
+        if command == "load":
+            return self._load(rest)
+        if command in ("unload", "show", "pull", "use") and len(rest) != 1:
+            raise UsageError(f"%forge {command} takes one MODEL")
+        if command == "unload":
+            found = engine.unload(rest[0])
+            sys.stdout.write(f"{rest[0]}: {'unloaded' if found else 'was not loaded'}\n")
+        elif command == "list":
+            stored = [(m.name, m.format, _size(m.size), m.parent or "") for m in engine.list()]
+            _table(("NAME", "FORMAT", "SIZE", "FROM"), stored)
+        elif command == "ps":
+            loaded = [
+                (m.name, m.backend, m.device, _size(m.memory), until(m.expires_in, m.in_use))
+                for m in engine.ps()
+            ]
+            _table(("NAME", "BACKEND", "DEVICE", "MEMORY", "UNTIL"), loaded)
+        elif command == "devices":
+            found = [(d.id, d.name, ", ".join(d.backends)) for d in engine.devices()]
+            _table(("DEVICE", "NAME", "BACKENDS"), found)
+        elif command == "show":
+            return engine.show(rest[0])
+        elif command == "pull":
+            m = self._pull(rest[0])
+            sys.stdout.write(f"{m.name}: {m.format}, {_size(m.size)}\n")
+        elif command == "use":
+            self.default = engine.show(rest[0]).name
+            sys.stdout.write(f"%%forge now asks {self.default}\n")
+        elif command == "clear":
+            self.history = []
+        else:  # %forge MODEL PROMPT...
+            if not rest:
+                raise UsageError(f"unknown subcommand {command!r} (see %forge help)")
+            answer = self._ask(command, [{"role": "user", "content": " ".join(rest)}], {}, None)
+            return answer.text.strip()
+        return None
+
+    def _pull(self, model: str) -> Any:
+        bar = _Bar(f"pulling {model}")
+        try:
+            return self.engine().pull(model, progress=bar)
+        finally:
+            bar.done()
+
+    def _load(self, rest: list[str]) -> None:
+        p = _Parser(prog="%forge load", add_help=False)
+        p.add_argument("model")
+        p.add_argument("--backend")
+        p.add_argument("--device")
+        p.add_argument("--keep-alive")
+        a = p.parse_args(rest)
+        engine = self.engine()
+        if not any(m.name == a.model or m.name.split(":")[0] == a.model for m in engine.list()):
+            self._pull(a.model)
+        status = display(Markdown(f"loading `{a.model}`…"), display_id=True)
+        start = time.perf_counter()
+        row = engine.load(a.model, backend=a.backend, device=a.device, keep_alive=a.keep_alive)
+        line = (
+            f"{row.name}: {row.backend} on {row.device}, {_size(row.memory)}, "
+            f"loaded in {time.perf_counter() - start:.2f} s"
+        )
+        if status is not None:
+            status.update(Markdown(line))
+        else:
+            sys.stdout.write(line + "\n")
+
+    # -- %%forge --------------------------------------------------------------------
+
+    def _cell(self, line: str, cell: str) -> Any:
+        a = _cell_parser().parse_args(shlex.split(line))
+        model = a.model or self.default
+        if not model:
+            raise UsageError("no model: %%forge MODEL, or %forge use MODEL first")
+        try:
+            prompt = string.Formatter().vformat(cell.strip(), (), Names(self._names()))
+        except (ValueError, IndexError, AttributeError) as e:
+            raise UsageError(f"bad {{...}} in the prompt: {e}") from None
+        messages = [*self.history] if a.history else []
+        if a.system and not (messages and messages[0]["role"] == "system"):
+            messages.insert(0, {"role": "system", "content": a.system})
+        messages.append({"role": "user", "content": prompt})
+        options = {"temperature": a.temperature, "num_predict": a.max_tokens}
+        answer = self._ask(
+            model, messages, {k: v for k, v in options.items() if v is not None}, a.format
+        )
+        if a.history:
+            self.history = [*messages, {"role": "assistant", "content": answer.text}]
+        if a.output:
+            self._names()[a.output] = answer
+        return None
+
+    def _ask(
+        self, model: str, messages: list[dict[str, str]], options: dict[str, Any], fmt: str | None
+    ) -> Answer:
+        answer = Answer(model=model, messages=messages)
+        handle = display(Markdown(""), display_id=True) if fmt else None
+        start = time.perf_counter()
+        shown = 0.0
+        stream = self.engine().chat(model, messages, stream=True, options=options)
+        try:
+            for chunk in stream:
+                if chunk.text and answer.first_token_ms is None:
+                    answer.first_token_ms = (time.perf_counter() - start) * 1e3
+                answer.text += chunk.text
+                if handle is None:
+                    sys.stdout.write(chunk.text)
+                elif time.perf_counter() - shown > 0.1 or chunk.done:  # ≤ 10 redraws/s
+                    handle.update(Markdown(_plain(answer.text)))
+                    shown = time.perf_counter()
+                if chunk.done:
+                    stats = chunk.stats
+                    answer.done_reason = chunk.done_reason
+                    if stats is not None:
+                        answer.tokens, answer.prompt_tokens = (
+                            stats.eval_count,
+                            stats.prompt_eval_count,
+                        )
+                        answer.tokens_per_second = stats.tokens_per_second
+        finally:
+            stream.close()  # on an interrupt too: the engine stops generating at once
+            answer.total_ms = (time.perf_counter() - start) * 1e3
+        if handle is not None:
+            handle.update(_rendered(answer.text, fmt or "text"))
+        else:
+            sys.stdout.write("\n")
+        return answer
+
+
+def _rendered(text: str, fmt: str) -> Any:
+    if fmt == "markdown":
+        return Markdown(text)
+    if fmt == "code":
+        body = text.strip()
+        if body.startswith("```"):  # the model fenced it already: keep only the code
+            body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
+        return Code(body)
+    if fmt == "json":
+        try:
+            return JSON(json.loads(text))
+        except ValueError:
+            sys.stderr.write("forge: the answer is not valid JSON; shown as text\n")
+    return Markdown(_plain(text))
+
+
+def _plain(text: str) -> str:
+    """Text shown as is while it streams (half-written markdown would flicker)."""
+    return "```text\n" + text.replace("```", "``\u200b`") + "\n```"
+
+
+class _Bar:
+    """A one-line progress bar in the cell's output, like ``ollama pull``'s."""
+
+    def __init__(self, label: str) -> None:
+        self.handle = display(Markdown(f"{label}…"), display_id=True)
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        if time.perf_counter() - self.last < 0.1 and p.status != "success":
+            return
+        self.last = time.perf_counter()
+        text = p.status
+        if p.total:
+            done = p.completed or 0
+            filled = int(30 * done / p.total)
+            text += f"  `{'█' * filled}{'░' * (30 - filled)}` {100 * done / p.total:3.0f}%"
+            text += f" ({_size(done)} / {_size(p.total)})" if p.unit == "B" else ""
+        if self.handle is not None:
+            self.handle.update(Markdown(text))
+
+    def done(self) -> None:
+        if self.handle is not None:
+            self.handle.update(Markdown(""))
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    sys.stdout.write(table(head, rows) + "\n")
+
+
+def load_ipython_extension(shell: Any) -> None:
+    shell.register_magics(ForgeMagics(shell))

@@ -1,0 +1,40 @@
+"""The engine a notebook kernel uses: one per kernel, shared by the magics and the widgets.
+
+In-process by default. With ``FORGE_URL`` set (by the user, or by the Jupyter server
+extension for the kernels it starts) it is a client to that engine, with the same methods.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # the kernel's engine: one per process, like the kernel itself
+
+
+def shared() -> Any:
+    """The kernel's engine (``ferrousforge.Engine`` or ``ferrousforge.client.RemoteEngine``)."""
+    with _lock:
+        engine = _state.get("engine")
+        if engine is None:
+            engine = _state["engine"] = _connect()
+        return engine
+
+
+def use(engine: Any) -> None:
+    """Make ``engine`` the kernel's engine (tests, or a user's own configured one)."""
+    with _lock:
+        _state["engine"] = engine
+
+
+def _connect() -> Any:
+    url = os.environ.get("FORGE_URL")
+    if url:
+        from .client import RemoteEngine
+
+        return RemoteEngine(url, api_key=os.environ.get("FORGE_API_KEY"))
+    from .sync_engine import Engine
+
+    return Engine()

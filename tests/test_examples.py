@@ -1,0 +1,61 @@
+"""The example notebooks, executed by nbclient in a real kernel on the real models (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the jupyter extra is not installed")
+nbclient = pytest.importorskip("nbclient", reason="the jupyter extra is not installed")
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def outputs(cell: dict[str, Any]) -> str:
+    texts = []
+    for output in cell.get("outputs", []):
+        texts.append(output.get("text", ""))
+        for value in output.get("data", {}).values():
+            texts.append(value if isinstance(value, str) else str(value))
+    return "\n".join(texts)
+
+
+def execute(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
+    home = Path(os.environ.get("FORGE_TEST_HOME", "~/.cache/ferrousforge/test-home")).expanduser()
+    if not (home / "manifests/library/smollm2/135m.json").is_file():
+        pytest.skip(f"smollm2:135m is not in {home}; ./dev.sh test pulls it first")
+    monkeypatch.setenv("FORGE_HOME", str(home))  # the kernel inherits this environment
+    monkeypatch.delenv("FORGE_URL", raising=False)
+    nb = nbformat.read(EXAMPLES / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    return list(nb.cells)
+
+
+def test_quickstart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cells = execute("quickstart", monkeypatch, tmp_path)
+    out = "\n".join(outputs(c) for c in cells)
+    assert "smollm2:135m: llama_cpp on cpu" in out  # %forge load's summary line
+    asked = next(c for c in cells if c.source.startswith("%%forge"))
+    assert "Paris" in outputs(asked)  # the answer streamed into the cell
+    assert "tokens/s, first token after" in out
+    assert "similarity:" in out and "Traceback" not in out
+
+
+def test_embeddings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = "\n".join(outputs(c) for c in execute("embeddings", monkeypatch, tmp_path))
+    cat_kitten = float(out.split("cat ~ kitten:")[1].split()[0])
+    cat_stock = float(out.split("cat ~ stock market:")[1].split()[0])
+    assert cat_kitten >= 0.7 and cat_stock <= 0.2
+
+
+def test_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = "\n".join(outputs(c) for c in execute("backends", monkeypatch, tmp_path))
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines() if line.strip()}
+    for pair in (("torch", "cpu"), ("onnx", "cpu"), ("tvm", "cpu")):
+        assert pair in rows and rows[pair].endswith(" ok"), out

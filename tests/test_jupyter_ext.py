@@ -1,0 +1,161 @@
+"""The Jupyter server extension in a real `jupyter server` on 127.0.0.1: its routes need
+Jupyter's token, stream through, and the kernels it starts find the engine by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .nullmodels import add_null_model
+
+pytest.importorskip("jupyter_server", reason="the jupyter extra is not installed")
+TOKEN = "forge-test-token"
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home, root = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("root")
+    add_null_model(home, "echo:1", {})
+    add_null_model(home, "slow:1", {"reply": " ".join(["tick"] * 300), "token_delay": 0.02})
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+    env |= {"FORGE_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
+    cmd = [
+        sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+        f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={TOKEN}",
+        "--ServerApp.jpserver_extensions={'ferrousforge.jupyter_ext': True}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/status", params={"token": TOKEN}).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
+            said = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError("jupyter server did not start: " + said[-2000:])
+        time.sleep(0.2)
+    try:
+        yield Server(url, home)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"token {TOKEN}"}
+
+
+def test_routes_need_the_token(server: Server) -> None:
+    assert httpx.get(f"{server.url}/forge/api/tags").status_code == 403
+    assert httpx.post(f"{server.url}/forge/api/chat", json={"model": "echo:1"}).status_code == 403
+    assert httpx.get(f"{server.url}/forge/ui").status_code in (302, 403)  # to the login page
+    tags = httpx.get(f"{server.url}/forge/api/tags", headers=auth())
+    assert tags.status_code == 200
+    assert {m["name"] for m in tags.json()["models"]} == {"echo:1", "slow:1"}
+
+
+def test_streams_pass_through_and_errors_keep_their_status(server: Server) -> None:
+    body = {"model": "echo:1", "messages": [{"role": "user", "content": "a b c"}]}
+    with httpx.stream("POST", f"{server.url}/forge/api/chat", json=body, headers=auth()) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(x) for x in r.iter_lines() if x]
+    assert len(lines) == 4 and lines[-1]["done"] is True
+    assert "".join(x["message"]["content"] for x in lines).split() == ["a", "b", "c"]
+    missing = httpx.post(
+        f"{server.url}/forge/api/generate", json={"model": "nope", "prompt": "x"}, headers=auth()
+    )
+    assert missing.status_code == 404 and "not found" in missing.json()["error"]
+
+
+def test_ui_lists_models_and_devices(server: Server) -> None:
+    page = httpx.get(f"{server.url}/forge/ui", headers=auth(), timeout=120)  # runtimes probe
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "echo:1" in page.text and "<td>cpu</td>" in page.text
+
+
+async def run_in_kernel(url: str, code: str) -> str:
+    from tornado.websocket import websocket_connect
+
+    async with httpx.AsyncClient(base_url=url, headers=auth()) as c:
+        kernel = (await c.post("/api/kernels", json={"name": "python3"})).json()
+        try:
+            ws_url = (
+                url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels?token={TOKEN}"
+            )
+            ws = await websocket_connect(ws_url)
+            msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
+            header = {"msg_id": msg_id, "msg_type": "execute_request", "username": "t",
+                      "session": session, "version": "5.3", "date": ""}  # fmt: skip
+            content = {"code": code, "silent": False, "store_history": False,
+                       "user_expressions": {}, "allow_stdin": False}  # fmt: skip
+            message = {"header": header, "parent_header": {}, "metadata": {},
+                       "content": content, "channel": "shell"}  # fmt: skip
+            await ws.write_message(json.dumps(message))
+            out: list[str] = []
+            while True:
+                raw = await asyncio.wait_for(ws.read_message(), 60)
+                assert raw is not None, "the kernel's websocket closed"
+                reply = json.loads(raw)
+                if reply.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = reply["header"]["msg_type"]
+                if kind == "stream":
+                    out.append(reply["content"]["text"])
+                elif kind == "error":
+                    out.append("ERROR " + reply["content"]["evalue"])
+                elif kind == "status" and reply["content"]["execution_state"] == "idle":
+                    break
+            ws.close()
+            return "".join(out)
+        finally:
+            await c.delete(f"/api/kernels/{kernel['id']}")
+
+
+def test_kernels_find_the_engine_without_configuration(server: Server) -> None:
+    code = (
+        "from ferrousforge import notebook\n"
+        "e = notebook.shared()\n"
+        "print(type(e).__name__, sorted(m.name for m in e.list()))\n"
+        "print(e.load('echo:1', keep_alive='1h').name)\n"
+    )
+    out = asyncio.run(run_in_kernel(server.url, code))
+    assert out.splitlines() == ["RemoteEngine ['echo:1', 'slow:1']", "echo:1"], out
+    # the kernel loaded it into the server's engine: one copy, seen by everyone
+    loaded = httpx.get(f"{server.url}/forge/api/ps", headers=auth()).json()["models"]
+    assert [m["name"] for m in loaded] == ["echo:1"]

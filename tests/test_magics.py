@@ -1,0 +1,133 @@
+"""%forge and %%forge through the real IPython shell (globalipapp), on null-backend models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ferrousforge as ff
+from ferrousforge import notebook
+from ferrousforge.client import RemoteEngine
+
+from .nullmodels import add_null_model
+from .tinymodel import write_tiny_gguf
+
+IPython = pytest.importorskip("IPython", reason="the jupyter extra is not installed")
+from IPython.testing.globalipapp import start_ipython  # noqa: E402
+from IPython.utils.capture import capture_output  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp("home")
+    add_null_model(home, "echo:1", {})
+    add_null_model(home, "fixed:1", {"reply": "Paris is the capital of France ."})
+    add_null_model(home, "json:1", {"reply": '{"city": "Paris"}'})
+    engine = ff.Engine(ff.Settings(home=home, keep_alive=600))
+    notebook.use(engine)
+    ip = start_ipython()
+    ip.display_formatter.active_types = ip.display_formatter.format_types  # as in a notebook
+    ip.run_line_magic("load_ext", "ferrousforge")
+    yield ip
+    engine.close()
+
+
+def cell(ip: Any, line: str, body: str) -> Any:
+    with capture_output() as cap:
+        ip.run_cell_magic("forge", line, body)
+    return cap
+
+
+def line(ip: Any, text: str) -> Any:
+    with capture_output() as cap:
+        value = ip.run_line_magic("forge", text)
+    return cap, value
+
+
+def shown(cap: Any) -> str:
+    return "\n".join(
+        str(o.data.get("text/markdown", o.data.get("text/plain", ""))) for o in cap.outputs
+    )
+
+
+def test_cell_streams_interpolates_and_stores(shell: Any) -> None:
+    shell.user_ns["city"] = "Lyon"
+    cap = cell(shell, "echo:1 -o r --temperature 0.1 --max-tokens 3", "is {city} big ?")
+    r = shell.user_ns["r"]
+    assert r.text.split() == ["is", "Lyon", "big"] and r.done_reason == "length"
+    assert r.tokens == 3 and r.first_token_ms is not None and r.total_ms >= r.first_token_ms
+    assert "is Lyon big" in shown(cap) and not cap.stderr
+
+
+def test_formats_render_at_the_end(shell: Any) -> None:
+    cap = cell(shell, "json:1 --format json", "where?")
+    assert any("application/json" in o.data for o in cap.outputs)
+    cap = cell(shell, "fixed:1 --format code", "where?")
+    assert any("Paris is the capital" in str(o.data.get("text/plain", "")) for o in cap.outputs)
+    cap = cell(shell, "fixed:1 --format json", "where?")
+    assert "not valid JSON" in cap.stderr
+
+
+def test_history_and_system(shell: Any) -> None:
+    line(shell, "clear")
+    cell(shell, "echo:1 --history --system 'be brief' -o first", "hello there")
+    cell(shell, "echo:1 --history -o second", "and again")
+    roles = [m["role"] for m in shell.user_ns["second"].messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert shell.user_ns["second"].messages[2]["content"].split() == ["hello", "there"]
+    cell(shell, "echo:1 -o alone", "no memory")
+    assert len(shell.user_ns["alone"].messages) == 1
+
+
+def test_line_subcommands(shell: Any, tmp_path: Path) -> None:
+    cap, _ = line(shell, "list")
+    assert "echo:1" in cap.stdout and "FORMAT" in cap.stdout
+    cap, _ = line(shell, "load echo:1 --backend null --device cpu --keep-alive 1h")
+    assert "echo:1: null on cpu" in shown(cap) and "loaded in" in shown(cap)
+    cap, _ = line(shell, "ps")
+    assert "echo:1" in cap.stdout and "null" in cap.stdout
+    cap, _ = line(shell, "devices")
+    assert cap.stdout.splitlines()[1].startswith("cpu")
+    _, manifest = line(shell, "show fixed:1")
+    assert manifest.name == "fixed:1"
+    cap, _ = line(shell, "unload echo:1")
+    assert "echo:1: unloaded" in cap.stdout
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    cap, _ = line(shell, f"pull {gguf}")
+    assert "gguf" in cap.stdout
+    line(shell, "use fixed:1")
+    cap = cell(shell, "-o d", "anything")
+    assert shell.user_ns["d"].model == "fixed:1"
+    _, answer = line(shell, "fixed:1 where is Paris?")
+    assert answer == "Paris is the capital of France ."
+    cap, _ = line(shell, "help")
+    assert "%%forge [MODEL]" in cap.stdout
+
+
+@pytest.mark.parametrize(
+    ("magic", "body", "message"),
+    [
+        ("nope", "hi", "forge: model 'nope:latest' not found"),
+        ("echo:1 --temperature warm", "hi", "forge: argument --temperature: invalid float"),
+        ("echo:1 --format html", "hi", "forge: argument --format: invalid choice"),
+        ("echo:1", "is {missing} here", "forge: unknown variable 'missing' in the prompt"),
+    ],
+)
+def test_errors_are_one_line(shell: Any, magic: str, body: str, message: str) -> None:
+    cap = cell(shell, magic, body)
+    assert cap.stderr.startswith(message) and len(cap.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in cap.stdout + cap.stderr
+
+
+def test_unreachable_engine_is_one_line(shell: Any) -> None:
+    previous = notebook.shared()
+    notebook.use(RemoteEngine("http://127.0.0.1:9"))
+    try:
+        cap, _ = line(shell, "list")
+    finally:
+        notebook.use(previous)
+    assert cap.stderr.startswith("forge: engine at http://127.0.0.1:9 is unreachable")
+    assert len(cap.stderr.strip().splitlines()) == 1
