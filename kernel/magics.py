@@ -14,13 +14,13 @@ import string
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import JSON, Code, Markdown, display
 
 from . import notebook
+from .answer import Answer, stream_answer
 from .cli.render import size as _size
 from .cli.render import table, until
 from .errors import ForgeError
@@ -56,24 +56,6 @@ def _cell_parser() -> _Parser:
     p.add_argument("-o", dest="output")
     p.add_argument("--history", action="store_true")
     return p
-
-
-@dataclass
-class Answer:
-    """What ``-o VAR`` stores: the text, token counts and timings of one answer."""
-
-    model: str
-    text: str = ""
-    prompt_tokens: int = 0
-    tokens: int = 0
-    first_token_ms: float | None = None
-    total_ms: float = 0.0
-    tokens_per_second: float = 0.0
-    done_reason: str | None = None
-    messages: list[dict[str, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 class Names(Mapping[str, Any]):
@@ -217,33 +199,20 @@ class ForgeMagics(Magics):
     def _ask(
         self, model: str, messages: list[dict[str, str]], options: dict[str, Any], fmt: str | None
     ) -> Answer:
-        answer = Answer(model=model, messages=messages)
         handle = display(Markdown(""), display_id=True) if fmt else None
-        start = time.perf_counter()
-        shown = 0.0
-        stream = self.engine().chat(model, messages, stream=True, options=options)
-        try:
-            for chunk in stream:
-                if chunk.text and answer.first_token_ms is None:
-                    answer.first_token_ms = (time.perf_counter() - start) * 1e3
-                answer.text += chunk.text
-                if handle is None:
-                    sys.stdout.write(chunk.text)
-                elif time.perf_counter() - shown > 0.1 or chunk.done:  # ≤ 10 redraws/s
-                    handle.update(Markdown(_plain(answer.text)))
-                    shown = time.perf_counter()
-                if chunk.done:
-                    stats = chunk.stats
-                    answer.done_reason = chunk.done_reason
-                    if stats is not None:
-                        answer.tokens, answer.prompt_tokens = (
-                            stats.eval_count,
-                            stats.prompt_eval_count,
-                        )
-                        answer.tokens_per_second = stats.tokens_per_second
-        finally:
-            stream.close()  # on an interrupt too: the engine stops generating at once
-            answer.total_ms = (time.perf_counter() - start) * 1e3
+        shown = [0.0]
+
+        def on_token(answer: Answer, text: str) -> None:
+            if handle is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif time.perf_counter() - shown[0] > 0.1:  # ≤ 10 redraws a second
+                handle.update(Markdown(_plain(answer.text)))
+                shown[0] = time.perf_counter()
+
+        answer = stream_answer(self.engine(), model, messages, options=options, on_token=on_token)
+        if answer.error:
+            raise ForgeError(answer.error)
         if handle is not None:
             handle.update(_rendered(answer.text, fmt or "text"))
         else:

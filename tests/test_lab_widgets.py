@@ -8,18 +8,10 @@ reads the DOM, then runs a follow-up cell to show what Python received.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +20,11 @@ import pytest
 
 from ferrousforge.store.store import Store
 
+from .labharness import CHROMIUM, Lab, Notebook, running_lab, write_notebook
 from .tinymodel import write_tiny_gguf
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")
 SMOLLM2 = "smollm2:135m"
-WAIT_MS = 90_000  # generous: 2 shared cores, a kernel start and a llama.cpp load
-
-
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-    tiny2: Path  # a second tiny GGUF, pulled through the Models widget
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _notebook(path: Path, *cells: str) -> None:
-    path.write_text(
-        json.dumps(
-            {
-                "cells": [
-                    {
-                        "cell_type": "code",
-                        "execution_count": None,
-                        "id": f"cell{i}",
-                        "metadata": {},
-                        "outputs": [],
-                        "source": src,
-                    }
-                    for i, src in enumerate(cells)
-                ],
-                "metadata": {  # without a kernelspec, Lab asks for one in a dialog
-                    "kernelspec": {
-                        "display_name": "Python 3",
-                        "language": "python",
-                        "name": "python3",
-                    },
-                    "language_info": {"name": "python"},
-                },
-                "nbformat": 4,
-                "nbformat_minor": 5,
-            }
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -102,71 +49,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     notebooks.mkdir()
     _write_notebooks(notebooks)
 
-    token, port = secrets.token_hex(16), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env |= {
-        "FORGE_HOME": str(store.home),
-        "FORGE_THREADS": "1",  # two models decode at once on two cores
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
-        "IPYTHONDIR": str(root / "ipython"),
-    }
-    log = (root / "lab.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={notebooks}",
-            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells by command
-            "--JupyterNotebookApp.expose_app_in_browser=True",  # the same in Notebook 7
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--allow-root",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, url, token, root / "lab.log")
-        yield Lab(url, token, notebooks, tiny2)
-    finally:
-        proc.terminate()  # the server shuts its kernels down
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
-        shutil.rmtree(root / "runtime", ignore_errors=True)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, token: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"jupyter lab exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/api/status", params={"token": token}).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"jupyter lab did not start:\n{log.read_text()[-3000:]}")
+    with running_lab(root, store.home, notebooks, tiny2) as lab:
+        yield lab
 
 
 def _write_notebooks(root: Path) -> None:
     for name in ("compare.ipynb", "compare-nb7.ipynb"):  # one each for Lab and Notebook 7
-        _notebook(
+        write_notebook(
             root / name,
             "from ferrousforge.widgets import Compare\n"
             f'c = Compare(["tiny", "{SMOLLM2}"], options={{"num_predict": 48, "temperature": 0}})\n'
@@ -176,13 +65,13 @@ def _write_notebooks(root: Path) -> None:
             'print("ttft", all(a.ttft_ms > 0 for a in r.answers))\n'
             'print("winner", r.winner)',
         )
-    _notebook(
+    write_notebook(
         root / "models.ipynb",
         "from ferrousforge.widgets import Models\nm = Models()\nm",
         'print("loaded", [x.name for x in m.engine.ps()])\n'
         'print("stored", sorted(x.name for x in m.engine.list()))',
     )
-    _notebook(
+    write_notebook(
         root / "chat.ipynb",
         "from ferrousforge.widgets import Chat\n"
         f'chat = Chat("{SMOLLM2}", options={{"num_predict": 400, "temperature": 0}})\n'
@@ -201,63 +90,6 @@ def browser(lab: Lab) -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         yield b
         b.close()
-
-
-class Notebook:
-    """One notebook open in JupyterLab (or Notebook 7, for names ending ``-nb7``), its
-    cells run through the app's own commands."""
-
-    def __init__(self, browser: Any, lab: Lab, name: str) -> None:
-        self.name = name
-        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        self.page.set_default_timeout(WAIT_MS)
-        if name.endswith("-nb7.ipynb"):
-            self.page.goto(f"{lab.url}/notebooks/{name}?token={lab.token}")
-        else:
-            workspace = name.removesuffix(".ipynb")  # one each: nothing else is restored
-            self.page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?token={lab.token}")
-        self.page.wait_for_function(
-            """(name) => {
-                const app = window.jupyterapp;
-                const nb = app && [...app.shell.widgets("main")]
-                    .find((w) => w.context && w.context.path === name);
-                const kernel = nb && nb.sessionContext.session?.kernel;
-                return kernel && kernel.status === "idle";
-            }""",
-            arg=name,
-        )
-        self.app = str(self.page.evaluate("window.jupyterapp.name"))
-
-    def run(self, index: int) -> None:
-        """Run one cell (without waiting for it: the DOM tells when it is done)."""
-        self.page.evaluate(
-            """([name, index]) => {
-                const app = window.jupyterapp;
-                const nb = [...app.shell.widgets("main")].find((w) => w.context?.path === name);
-                app.shell.activateById(nb.id);
-                nb.content.activeCellIndex = index;
-                app.commands.execute("notebook:run-cell");
-            }""",
-            [self.name, index],
-        )
-
-    def output(self, index: int, pattern: str) -> re.Match[str]:
-        """Run cell ``index`` and wait for its text output to match ``pattern``."""
-        self.run(index)
-        cell = self.page.locator(".jp-Notebook .jp-Cell").nth(index)
-        out = cell.locator(".jp-OutputArea-output")
-        out.first.wait_for()
-        text = ""
-        deadline = time.monotonic() + WAIT_MS / 1000
-        while time.monotonic() < deadline:
-            text = "\n".join(out.all_inner_texts())
-            if m := re.search(pattern, text):
-                return m
-            time.sleep(0.2)
-        pytest.fail(f"cell {index} printed {text!r}, not matching {pattern!r}")
-
-    def close(self) -> None:
-        self.page.close()
 
 
 @pytest.fixture
@@ -321,7 +153,6 @@ def test_compare_streams_both_models_and_records_the_vote(notebook: Notebook) ->
 
 def unload_everything(lab: Lab) -> None:
     """With the server extension on, the kernels share the server's engine: start clean."""
-    import httpx
 
     headers = {"Authorization": f"token {lab.token}"}
     loaded = httpx.get(f"{lab.url}/forge/api/ps", headers=headers, timeout=60)

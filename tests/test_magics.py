@@ -58,7 +58,7 @@ def test_cell_streams_interpolates_and_stores(shell: Any) -> None:
     cap = cell(shell, "echo:1 -o r --temperature 0.1 --max-tokens 3", "is {city} big ?")
     r = shell.user_ns["r"]
     assert r.text.split() == ["is", "Lyon", "big"] and r.done_reason == "length"
-    assert r.tokens == 3 and r.first_token_ms is not None and r.total_ms >= r.first_token_ms
+    assert r.tokens == 3 and r.ttft_ms is not None and r.total_ms >= r.ttft_ms
     assert "is Lyon big" in shown(cap) and not cap.stderr
 
 
