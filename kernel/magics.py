@@ -1,8 +1,10 @@
 """``%load_ext ferrousforge``: the ``%forge`` line magic and the ``%%forge`` cell magic.
 
 Answers stream into the cell's output as tokens arrive and are re-rendered in the chosen
-format at the end; the engine is ``notebook.shared()`` (in-process, or remote). Errors are
-one line on stderr, never a traceback. ``%forge help`` lists the subcommands.
+format at the end. The cell runs until the answer ends (an interrupt stops the generation);
+``--background`` streams from a thread instead and frees the kernel at once. The engine is
+``notebook.shared()`` (in-process, or remote). Errors are one line, never a traceback.
+``%forge help`` lists the subcommands.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import json
 import shlex
 import string
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -29,12 +33,13 @@ from .progress import Progress
 HELP = """\
 %forge load MODEL [--backend B] [--device D] [--keep-alive T]   pull if needed, then load
 %forge unload MODEL | list | ps | devices | show MODEL | pull MODEL
-%forge use MODEL             the default model of %%forge and %forge ask
+%forge use MODEL             the default model of %%forge
 %forge clear                 forget the --history conversation
 %forge MODEL PROMPT...       a one-line answer
 %%forge [MODEL] [--system S] [--format markdown|text|code|json] [--temperature T]
-        [--max-tokens N] [-o VAR] [--history]
-                             the cell is the prompt, {var} taken from your names"""
+        [--max-tokens N] [-o VAR] [--history] [--background]
+                             the cell is the prompt, {var} taken from your names;
+                             --background returns at once (-o VAR: a Future)"""
 
 
 class UsageError(ForgeError):
@@ -55,6 +60,7 @@ def _cell_parser() -> _Parser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("-o", dest="output")
     p.add_argument("--history", action="store_true")
+    p.add_argument("--background", action="store_true")
     return p
 
 
@@ -187,19 +193,52 @@ class ForgeMagics(Magics):
             messages.insert(0, {"role": "system", "content": a.system})
         messages.append({"role": "user", "content": prompt})
         options = {"temperature": a.temperature, "num_predict": a.max_tokens}
-        answer = self._ask(
-            model, messages, {k: v for k, v in options.items() if v is not None}, a.format
-        )
+        chosen = {k: v for k, v in options.items() if v is not None}
+        if a.background:
+            self._in_background(model, messages, chosen, a)
+            return None
+        self._keep(a, messages, self._ask(model, messages, chosen, a.format))
+        return None
+
+    def _keep(self, a: argparse.Namespace, messages: list[dict[str, str]], answer: Any) -> None:
         if a.history:
             self.history = [*messages, {"role": "assistant", "content": answer.text}]
         if a.output:
             self._names()[a.output] = answer
-        return None
+
+    def _in_background(
+        self, model: str, messages: list[dict[str, str]], options: dict[str, Any], a: Any
+    ) -> None:
+        """Stream on a thread and return at once: ``-o VAR`` holds a Future of the Answer."""
+        handle = display(Markdown(""), display_id=True)  # made here: the thread updates it
+        future: Future[Answer] = Future()
+        if a.output:
+            self._names()[a.output] = future
+
+        def work() -> None:
+            try:
+                answer = self._ask(model, messages, options, a.format, handle)
+            except BaseException as e:  # shown where the answer would have been
+                if handle is not None:
+                    handle.update(Markdown(f"forge: {e}"))
+                future.set_exception(e)
+                return
+            if a.history:
+                self.history = [*messages, {"role": "assistant", "content": answer.text}]
+            future.set_result(answer)
+
+        threading.Thread(target=work, name="forge-cell", daemon=True).start()
 
     def _ask(
-        self, model: str, messages: list[dict[str, str]], options: dict[str, Any], fmt: str | None
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        options: dict[str, Any],
+        fmt: str | None,
+        handle: Any = None,
     ) -> Answer:
-        handle = display(Markdown(""), display_id=True) if fmt else None
+        if handle is None and fmt:
+            handle = display(Markdown(""), display_id=True)
         shown = [0.0]
 
         def on_token(answer: Answer, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import ferrousforge as ff
 from ferrousforge import notebook
 from ferrousforge.client import RemoteEngine
+from ferrousforge.errors import ForgeError
 
 from .nullmodels import add_null_model
 from .tinymodel import write_tiny_gguf
@@ -26,6 +28,7 @@ def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     add_null_model(home, "echo:1", {})
     add_null_model(home, "fixed:1", {"reply": "Paris is the capital of France ."})
     add_null_model(home, "json:1", {"reply": '{"city": "Paris"}'})
+    add_null_model(home, "slow:1", {"reply": "one two three four five", "token_delay": 0.1})
     engine = ff.Engine(ff.Settings(home=home, keep_alive=600))
     notebook.use(engine)
     ip = start_ipython()
@@ -131,3 +134,20 @@ def test_unreachable_engine_is_one_line(shell: Any) -> None:
         notebook.use(previous)
     assert cap.stderr.startswith("forge: engine at http://127.0.0.1:9 is unreachable")
     assert len(cap.stderr.strip().splitlines()) == 1
+
+
+def test_background_frees_the_kernel_at_once(shell: Any) -> None:
+    line(shell, "clear")
+    start = time.perf_counter()
+    cell(shell, "slow:1 --background --history -o later", "count")
+    returned = time.perf_counter() - start
+    future = shell.user_ns["later"]
+    assert returned < 0.4 and not future.done()  # five tokens take half a second
+    answer = future.result(timeout=10)
+    assert answer.text.split() == ["one", "two", "three", "four", "five"]
+    assert answer.ttft_ms is not None and answer.tokens == 5
+    cell(shell, "echo:1 --history -o after", "next")
+    assert [m["role"] for m in shell.user_ns["after"].messages] == ["user", "assistant", "user"]
+    cell(shell, "nope --background -o failed", "hi")
+    with pytest.raises(ForgeError, match="model 'nope:latest' not found"):
+        shell.user_ns["failed"].result(timeout=10)
