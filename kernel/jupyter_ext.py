@@ -15,8 +15,6 @@ from __future__ import annotations
 import html
 import os
 import secrets
-import threading
-import time
 from typing import Any
 
 import httpx
@@ -26,7 +24,6 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .config import load_settings
-from .errors import ConfigError
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server"}
 
@@ -36,29 +33,17 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 class Backend:
-    """The engine's API server on a thread of its own (its own event loop)."""
+    """The engine's API on a private port and key, on a thread of its own (its own loop)."""
 
     def __init__(self) -> None:
-        from .api.server import bind, make_server
+        from .api.server import ServerThread
 
         self.key = secrets.token_urlsafe(24)
-        settings = load_settings().model_copy(update={"api_keys": [self.key]})
-        sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server, _ = make_server(settings, sock)
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, name="forge-engine", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise ConfigError("the forge engine did not start inside the Jupyter server")
-            time.sleep(0.01)
+        self._thread = ServerThread(load_settings().model_copy(update={"api_keys": [self.key]}))
+        self.url = self._thread.url
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(15)
+        self._thread.stop()
 
 
 class ProxyHandler(APIHandler):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from ..config import Settings
@@ -44,6 +46,31 @@ def make_server(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
     )
     return uvicorn.Server(config), engine
+
+
+class ServerThread:
+    """The app over a new engine, served from a thread of its own on 127.0.0.1 (a free port
+    unless given): for hosts that embed the engine (the Jupyter extension) and for tests."""
+
+    def __init__(self, settings: Settings, port: int = 0, timeout: float = 30) -> None:
+        self._sock = bind("127.0.0.1", port)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.server, self.engine = make_server(settings, self._sock)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, name="forge-api", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                self.stop()
+                raise ConfigError(f"the engine's HTTP server did not start within {timeout} s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+        self._sock.close()
 
 
 def serve(settings: Settings) -> None:
