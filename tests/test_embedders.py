@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import ferrousforge as ff
 from ferrousforge.convert import convert
 from ferrousforge.errors import DeviceUnavailable, InvalidModelFile
 
+from .vectors import assert_matches, cosine
+
 pytestmark = pytest.mark.slow
 SENTENCES = ["a cat sits", "a kitten is sitting", "stock market", "The quick brown fox jumps."]
 
@@ -23,12 +24,6 @@ SENTENCES = ["a cat sits", "a kitten is sitting", "stock market", "The quick bro
 def engine(minilm_engine: ff.Engine) -> ff.Engine:
     convert(minilm_engine.store, "minilm:l6", "onnx")
     return minilm_engine
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
-        sum(x * x for x in a) * sum(y * y for y in b)
-    )
 
 
 def test_torch_reference_makes_sense(engine: ff.Engine) -> None:
@@ -43,9 +38,7 @@ def test_onnx_conversion_matches_torch(engine: ff.Engine) -> None:
     assert (m.format, m.parent, m.source) == ("onnx", "minilm:l6", "convert:minilm:l6")
     ref = engine.embed("minilm:l6", SENTENCES).embeddings
     got = engine.embed("minilm:l6-onnx", SENTENCES).embeddings
-    for a, b in zip(ref, got, strict=True):
-        assert cosine(a, b) >= 0.9999
-        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
+    assert_matches(ref, got, 1e-5)
     assert {m.backend for m in engine.ps()} >= {"torch", "onnx"}
 
 

@@ -3,11 +3,11 @@ everywhere else: torch cuda, onnxruntime-gpu, TVM's cuda target and llama.cpp's 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 import ferrousforge as ff
+
+from .vectors import assert_matches
 
 pytestmark = pytest.mark.slow
 SENTENCES = ["a cat sits", "a kitten is sitting", "stock market"]
@@ -42,11 +42,7 @@ def test_embeddings_on_cuda_match_the_cpu(
         assert next(p for p in minilm_engine.ps() if p.name == model).device == device
     finally:
         minilm_engine.unload(model)
-    for a, b in zip(reference, got, strict=True):
-        cos = sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
-            sum(x * x for x in a) * sum(y * y for y in b)
-        )
-        assert cos >= 0.9999 and max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-4
+    assert_matches(reference, got, 1e-4)
 
 
 def test_llama_cpp_generates_on_cuda(minilm_engine: ff.Engine) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .labharness import free_port
 from .nullmodels import add_null_model
 
 pytest.importorskip("jupyter_server", reason="the jupyter extra is not installed")
@@ -28,12 +28,6 @@ TOKEN = "forge-test-token"
 class Server:
     url: str
     home: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from ferrousforge.errors import ConfigError, InvalidModelFile, UnsupportedFormat
 from ferrousforge.progress import Progress
 from ferrousforge.tvm_compile import Cache, Source, bucket, parse_target
 
+from .vectors import assert_matches
+
 pytest.importorskip("tvm", reason="the tvm extra is not installed")
 pytestmark = pytest.mark.slow
 SENTENCES = ["a cat sits", "a kitten is sitting", "stock market", "The quick brown fox jumps."]
@@ -27,15 +28,6 @@ SENTENCES = ["a cat sits", "a kitten is sitting", "stock market", "The quick bro
 @pytest.fixture(scope="module")
 def engine(minilm_engine: ff.Engine) -> ff.Engine:
     return minilm_engine
-
-
-def close(a: list[list[float]], b: list[list[float]], limit: float = 1e-5) -> None:
-    for u, v in zip(a, b, strict=True):
-        cos = sum(x * y for x, y in zip(u, v, strict=True)) / math.sqrt(
-            sum(x * x for x in u) * sum(y * y for y in v)
-        )
-        assert cos >= 0.9999
-        assert max(abs(x - y) for x, y in zip(u, v, strict=True)) <= limit
 
 
 def test_targets_and_buckets() -> None:
@@ -73,7 +65,7 @@ def test_convert_to_tvm_loads_matches_and_reuses_the_cache(
     monkeypatch.setattr(tvm_compile, "_compile", no_compiling)
     engine.load("minilm:l6-tvm")
     assert next(p for p in engine.ps() if p.name == "minilm:l6-tvm").backend == "tvm"
-    close(engine.embed("minilm:l6-tvm", SENTENCES).embeddings, reference)
+    assert_matches(reference, engine.embed("minilm:l6-tvm", SENTENCES).embeddings, 1e-5)
 
 
 def test_safetensors_through_torch_export(engine: ff.Engine) -> None:
@@ -85,7 +77,7 @@ def test_safetensors_through_torch_export(engine: ff.Engine) -> None:
         assert next(p for p in engine.ps() if p.name == "minilm:l6").backend == "tvm"
     finally:
         engine.unload("minilm:l6")
-    close(got, reference)
+    assert_matches(reference, got, 1e-5)
     cached = engine.store.home / "cache/tvm" / engine.show("minilm:l6").sha256[:32]
     assert list(cached.glob("llvm-*/8x16-t0/lib.so"))
 

@@ -3,12 +3,12 @@ torch reference on cpu."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 import ferrousforge as ff
 from ferrousforge.errors import DeviceUnavailable
+
+from .vectors import assert_matches, cosine
 
 pytestmark = pytest.mark.slow
 SENTENCES = ["a cat sits", "a kitten is sitting", "stock market", "The quick brown fox jumps."]
@@ -31,12 +31,6 @@ def reference(engine: ff.Engine) -> list[list[float]]:
     return vectors
 
 
-def cosine(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
-        sum(x * x for x in a) * sum(y * y for y in b)
-    )
-
-
 def wgpu_devices(engine: ff.Engine) -> list[str]:
     return [d.id for d in engine.backends.get("wgpu").devices()]
 
@@ -49,9 +43,7 @@ def test_wgpu_matches_torch(engine: ff.Engine, reference: list[list[float]], dev
     assert ("wgpu", device) in {(m.backend, m.device) for m in engine.ps()}
     got = engine.embed("minilm:l6", SENTENCES).embeddings
     assert [len(v) for v in got] == [384] * 4
-    for a, b in zip(reference, got, strict=True):
-        assert cosine(a, b) >= 0.9999
-        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-4
+    assert_matches(reference, got, 1e-4)
     assert cosine(got[0], got[1]) >= 0.7 and cosine(got[0], got[2]) <= 0.2
 
 
