@@ -166,14 +166,12 @@ class AsyncEngine:
     ) -> LoadedModel:
         """Load ``model`` now (it stays for ``keep_alive``) and describe where it landed."""
         base = self._default_opts()
-        opts = LoadOptions(
+        opts = replace(
+            base,
             backend=backend or base.backend,
             device=device or base.device,
             gpu_layers=gpu_layers,
             num_ctx=num_ctx or base.num_ctx,
-            threads=base.threads,
-            cache_dir=base.cache_dir,
-            extra=base.extra,
         )
         async with self._lease(model, opts, keep_alive) as lease:
             name = str(parse_name(lease.mold.name))
