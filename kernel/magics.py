@@ -27,7 +27,7 @@ from . import notebook
 from .answer import Answer, stream_answer
 from .cli.render import size as _size
 from .cli.render import table, until
-from .errors import ForgeError
+from .errors import ForgeError, ModelNotFound
 from .progress import Progress
 
 HELP = """\
@@ -163,7 +163,9 @@ class ForgeMagics(Magics):
         p.add_argument("--keep-alive")
         a = p.parse_args(rest)
         engine = self.engine()
-        if not any(m.name == a.model or m.name.split(":")[0] == a.model for m in engine.list()):
+        try:
+            engine.show(a.model)  # the store's own name resolution, as load will use it
+        except ModelNotFound:
             self._pull(a.model)
         status = display(Markdown(f"loading `{a.model}`…"), display_id=True)
         start = time.perf_counter()
