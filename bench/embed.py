@@ -85,7 +85,7 @@ def main() -> None:
     shapes = [(1, 16), (8, 16)]  # what BATCH and BATCH[:1] pad to, in slices of 8
     with ff.Engine(ff.Settings(threads=args.threads)) as engine:
         source = engine.pull("minilm:l6")
-        derived = {m.format: m.name for m in engine.list() if m.parent == source.name}
+        derived = {m.format: m.name for m in engine.store.derived(source.name)}
         onnx = derived.get("onnx") or convert(engine.store, source.name, "onnx").name
         runs: list[tuple[str, str, str, int]] = [
             ("forge torch", source.name, "torch", args.runs),

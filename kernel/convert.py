@@ -87,7 +87,7 @@ def _convert_tvm(
     if src.format == "onnx":
         graph = src
     elif src.format == "safetensors":
-        derived = [m for m in store.list() if m.parent == src.name and m.format == "onnx"]
+        derived = [m for m in store.derived(src.name) if m.format == "onnx"]
         graph = derived[0] if derived else convert(store, src.name, "onnx", progress)
     else:
         raise UnsupportedFormat(f"--to tvm reads safetensors or ONNX; {src.name} is {src.format}")

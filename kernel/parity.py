@@ -49,7 +49,7 @@ def artifact_for(engine: Engine, model: str, backend: str) -> str:
     format (``minilm:l6-tvm``), the model itself, another derived one, or a new conversion."""
     source = engine.show(model)
     formats = engine.backends.get(backend).formats
-    derived = [m for m in engine.list() if m.parent == source.name and m.format in formats]
+    derived = [m for m in engine.store.derived(source.name) if m.format in formats]
     own = [m for m in derived if m.format == backend]
     if own:
         return own[0].name

@@ -82,6 +82,10 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
+    def derived(self, name: str) -> list[Manifest]:
+        """The entries ``forge convert`` made from ``name`` (their ``parent``), by name."""
+        return [m for m in self.list() if m.parent == name]
+
     def list(self) -> list[Manifest]:
         """Every model in the store, sorted by name."""
         found = []
