@@ -131,6 +131,12 @@ class RequestError(ForgeError):
     status = 400
 
 
+class NotFound(RequestError):
+    """A path the server does not have (a web app file, say)."""
+
+    status = 404
+
+
 class Unauthorized(RequestError):
     status = 401
 

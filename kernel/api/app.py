@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
-from .. import __version__
+from .. import __version__, webapp
 from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError, RateLimited
@@ -74,6 +74,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(ollama.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
+    app.include_router(webapp.router(lambda: engine.store))  # static: the page sends no key
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

@@ -185,6 +185,32 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def web(args: argparse.Namespace) -> int:
+    from .. import webapp
+    from ..api.logs import configure
+    from ..api.server import serve as run_server
+    from ..store.store import Store
+
+    if args.export:
+        bars = ProgressBars()
+        try:
+            store = Store(load_settings().home)
+            models = webapp.export(store, args.export, args.models or [], bars)
+        finally:
+            bars.close()
+        names = ", ".join(m.name for m in models) or "no models"
+        out(f"exported the web app with {names} to {args.export}")
+        out("serve it with the COOP/COEP headers listed in its _headers file (see the README)")
+        return 0
+    if not webapp.built():
+        err("the browser runtimes are not built yet: run `npm ci && npm run build` (./dev.sh does)")
+    settings = load_settings(host=args.host, port=args.port)
+    configure(args.log_level or "INFO", settings.log_format)
+    out(f"the browser demo: http://{settings.host}:{settings.port}/web/")
+    run_server(settings)
+    return 0
+
+
 def convert(args: argparse.Namespace) -> int:
     from ..convert import convert as run_convert
     from ..store.store import Store

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
 from ..errors import ForgeError
@@ -21,6 +22,7 @@ FerrousForge runs ML models locally through one engine.
   forge list / show / rm / cp      manage the model store ($FORGE_HOME, ~/.ferrousforge)
   forge ps / devices               what is loaded, and what hardware can run it
   forge serve                      the Ollama/OpenAI-compatible API on 127.0.0.1:11434
+  forge web                        the in-browser demo and forge.js on 127.0.0.1:11435/web/
 
 Settings come from flags, then FORGE_* environment variables, then $FORGE_HOME/config.toml.
 """
@@ -87,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
     p.add_argument("--log-format", choices=["text", "json"])
+
+    p = cmd(
+        "web",
+        "Serve the in-browser app (demo page, forge.js, browser Molds) with the engine's API, "
+        "or export it as a static folder",
+        commands.web,
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=11435, help="port (default 11435)")
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write the page, runtimes and models to DIR for any static host, then exit",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="MODEL",
+        help="with --export: a model to include (repeatable; default: every browser model)",
+    )
 
     p = cmd("convert", "Convert a model to another format, as a new store entry", commands.convert)
     p.add_argument("model", help="the source model, e.g. minilm:l6")

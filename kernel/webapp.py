@@ -1,0 +1,223 @@
+"""The browser build over HTTP: ``/web/`` (the page, ``forge.js`` and the runtimes in
+``vendor/``), ``/web/models.json`` (what the store holds that a browser Mold can run) and
+``/web/models/<name>/<file>`` (those models' files). Every response carries COOP/COEP, so
+the page is cross-origin isolated and WASM threads work. ``export`` writes the same tree
+as a static folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+
+from .errors import ConfigError, ModelNotFound, NotFound
+from .progress import Progress, ProgressCallback, ignore
+from .store.manifest import Manifest
+from .store.store import Store
+
+ISOLATION = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm",
+    ".wgsl": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".zip": "application/zip",
+    ".whl": "application/zip",
+}
+# Files of a model folder that each browser runtime reads; nothing else is served.
+_FOLDER_FILES = {
+    "onnx": ("model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json"),
+    "safetensors": ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"),
+}
+_RUNTIMES = {"onnx": "ort", "safetensors": "pyodide", "gguf": "wllama"}
+_SKIP = {"__init__.py", "__pycache__", "build.mjs"}
+
+
+def root() -> Path:
+    """The folder of the static app (``web/`` in a checkout)."""
+    return Path(str(resources.files("ferrousforge.web")))
+
+
+def built() -> bool:
+    """Whether ``npm run build`` has gathered the runtimes into ``vendor/``."""
+    return (root() / "vendor" / "ort" / "ort.wasm.min.mjs").is_file()
+
+
+@dataclass
+class BrowserModel:
+    """One store model as a browser Mold sees it (an entry of ``models.json``)."""
+
+    name: str
+    runtime: str  # "ort" | "pyodide" | "wllama"
+    task: str  # "embed" | "chat"
+    format: str
+    base: str  # URL folder of its files, relative to the page: "models/minilm/l6-onnx/"
+    files: dict[str, int] = field(default_factory=dict)  # served name -> bytes
+    size: int = 0
+    max_length: int | None = None
+    parent: str | None = None
+    digest: str = ""  # the manifest's sha256: browsers cache the files under it
+    sources: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["sources"]
+        return data
+
+
+def browser_model(manifest: Manifest) -> BrowserModel | None:
+    """The browser view of ``manifest``, or None when no browser runtime reads its format."""
+    runtime = _RUNTIMES.get(manifest.format)
+    if runtime is None:
+        return None
+    path = manifest.file
+    if manifest.format == "gguf":
+        sources = {"model.gguf": path}
+    else:
+        folder = path if path.is_dir() else path.parent
+        sources = {n: folder / n for n in _FOLDER_FILES[manifest.format] if (folder / n).is_file()}
+        if not {"tokenizer.json", *_FOLDER_FILES[manifest.format][:1]} <= sources.keys():
+            return None
+    if not all(p.is_file() for p in sources.values()):
+        return None
+    max_length = None
+    if runtime != "wllama":
+        from .backends.encoders import _max_length
+
+        max_length = _max_length(next(iter(sources.values())).parent)
+    files = {n: p.stat().st_size for n, p in sources.items()}
+    return BrowserModel(
+        name=manifest.name,
+        runtime=runtime,
+        task="chat" if runtime == "wllama" else "embed",
+        format=manifest.format,
+        base="models/" + manifest.name.replace(":", "/") + "/",
+        files=files,
+        size=sum(files.values()),
+        max_length=max_length,
+        parent=manifest.parent,
+        digest=manifest.sha256[:16],
+        sources=sources,
+    )
+
+
+def browser_models(store: Store) -> list[BrowserModel]:
+    """Every store model a browser Mold can run, by name."""
+    found = (browser_model(m) for m in store.list())
+    return sorted((m for m in found if m is not None), key=lambda m: m.name)
+
+
+def catalog(models: list[BrowserModel]) -> dict[str, Any]:
+    return {"models": [m.public() for m in models]}
+
+
+def _static(path: Path) -> Response:
+    media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+    return FileResponse(path, media_type=media, headers=ISOLATION)
+
+
+def _inside(base: Path, relative: str) -> Path | None:
+    target = (base / relative).resolve()
+    return target if target.is_relative_to(base.resolve()) and target.is_file() else None
+
+
+def router(store: Callable[[], Store]) -> APIRouter:
+    """The /web routes; ``store`` gives the store to list and serve models from."""
+    web = APIRouter(prefix="/web", tags=["web"], include_in_schema=False)
+
+    @web.api_route("", methods=["GET", "HEAD"])
+    async def home() -> Response:
+        return RedirectResponse("/web/", headers=ISOLATION)
+
+    @web.api_route("/models.json", methods=["GET", "HEAD"])
+    async def models() -> Response:
+        return JSONResponse(catalog(browser_models(store())), headers=ISOLATION)
+
+    @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"])
+    async def model_file(rest: str) -> Response:
+        folder, _, name = rest.rpartition("/")
+        for model in browser_models(store()):
+            if model.base == f"models/{folder}/" and name in model.sources:
+                return _static(model.sources[name])
+        raise ModelNotFound(f"no browser model file {rest!r}: see /web/models.json")
+
+    @web.api_route("/{rest:path}", methods=["GET", "HEAD"])
+    async def static(rest: str, request: Request) -> Response:
+        found = _inside(root(), rest or "index.html")
+        if found is None or found.name in _SKIP or "__pycache__" in found.parts:
+            raise NotFound(f"no such file in the web app: /web/{rest}")
+        return _static(found)
+
+    return web
+
+
+HEADERS_FILE = """\
+/*
+  Cross-Origin-Opener-Policy: same-origin
+  Cross-Origin-Embedder-Policy: require-corp
+  Cross-Origin-Resource-Policy: same-origin
+"""
+
+
+def _app_files() -> Iterator[tuple[Path, str]]:
+    base = root()
+    for path in sorted(base.rglob("*")):
+        relative = path.relative_to(base)
+        if path.is_file() and not (_SKIP & set(relative.parts)):
+            yield path, relative.as_posix()
+
+
+def export(
+    store: Store,
+    target: Path,
+    names: list[str],
+    progress: ProgressCallback = ignore,
+) -> list[BrowserModel]:
+    """Write the app, its runtimes and the models ``names`` (all browser models when empty)
+    into ``target``, ready for any static host that sends the headers in ``_headers``."""
+    if not built():
+        raise ConfigError("the browser runtimes are not built: run `npm ci && npm run build`")
+    every = {m.name: m for m in browser_models(store)}
+    chosen = []
+    for name in names or list(every):
+        model = every.get(store.get(name).name)
+        if model is None:
+            raise ConfigError(f"{name} has no browser runtime (it is {store.get(name).format})")
+        chosen.append(model)
+    jobs = [(src, rel) for src, rel in _app_files()]
+    jobs += [(src, m.base + n) for m in chosen for n, src in m.sources.items()]
+    total, done = sum(src.stat().st_size for src, _ in jobs), 0
+    target.mkdir(parents=True, exist_ok=True)
+    for src, rel in jobs:
+        out = target / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not (
+            out.is_file()
+            and out.stat().st_size == src.stat().st_size
+            and out.stat().st_mtime >= src.stat().st_mtime
+        ):
+            tmp = out.with_name(out.name + ".part")
+            shutil.copyfile(src, tmp)
+            tmp.replace(out)  # a crash leaves .part files, never a truncated model
+        done += src.stat().st_size
+        progress(Progress(f"exporting to {target}", total, done))
+    (target / "models.json").write_text(json.dumps(catalog(chosen), indent=1))
+    (target / "_headers").write_text(HEADERS_FILE)
+    return chosen

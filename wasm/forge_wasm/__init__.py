@@ -1,0 +1,1 @@
+"""FerrousForge in Pyodide (filled in by the browser issue)."""
