@@ -27,13 +27,15 @@ from . import notebook
 from .answer import Answer, stream_answer
 from .cli.render import size as _size
 from .cli.render import table, until
-from .errors import ForgeError, ModelNotFound
+from .errors import ForgeError, MissingExtra, ModelNotFound
 from .progress import Progress
 
 HELP = """\
 %forge load MODEL [--backend B] [--device D] [--keep-alive T]   pull if needed, then load
 %forge unload MODEL | list | ps | devices | show MODEL | pull MODEL
 %forge use MODEL             the default model of %%forge
+%forge browser MODEL [--target auto|wasm|webgpu] [--runtime R] [--web-url URL] [-o VAR]
+                             a BrowserMold widget: MODEL runs in this browser tab
 %forge clear                 forget the --history conversation
 %forge MODEL PROMPT...       a one-line answer
 %%forge [MODEL] [--system S] [--format markdown|text|code|json] [--temperature T]
@@ -111,6 +113,8 @@ class ForgeMagics(Magics):
             sys.stdout.write(HELP + "\n")
             return None
         command, rest = args[0], args[1:]
+        if command == "browser":  # the browser tab runs it: no engine needed here
+            return self._browser(rest)
         engine = self.engine()
         if command == "load":
             return self._load(rest)
@@ -178,6 +182,27 @@ class ForgeMagics(Magics):
             status.update(Markdown(line))
         else:
             sys.stdout.write(line + "\n")
+
+    def _browser(self, rest: list[str]) -> Any:
+        """A ``BrowserMold`` widget: displayed and kept in ``-o VAR``, else returned (so it
+        shows as the cell's result, or ``w = %forge browser MODEL`` keeps it)."""
+        p = _Parser(prog="%forge browser", add_help=False)
+        p.add_argument("model")
+        p.add_argument("--target", choices=["auto", "wasm", "webgpu"], default="auto")
+        p.add_argument("--runtime", choices=["ort", "wllama", "pyodide"])
+        p.add_argument("--web-url", default="")
+        p.add_argument("-o", dest="output")
+        a = p.parse_args(rest)
+        try:
+            from ferrousforge.widgets import BrowserMold
+        except ImportError as e:
+            raise MissingExtra(e.name or "anywidget", "jupyter") from None
+        widget = BrowserMold(a.model, target=a.target, runtime=a.runtime, web_url=a.web_url)
+        if not a.output:
+            return widget
+        self._names()[a.output] = widget
+        display(widget)
+        return None
 
     # -- %%forge --------------------------------------------------------------------
 

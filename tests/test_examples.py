@@ -52,6 +52,7 @@ def test_embeddings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cat_kitten = float(out.split("cat ~ kitten:")[1].split()[0])
     cat_stock = float(out.split("cat ~ stock market:")[1].split()[0])
     assert cat_kitten >= 0.7 and cat_stock <= 0.2
+    assert "no browser tab has answered yet" in out  # nbclient has no tab: the Future waits
 
 
 def test_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

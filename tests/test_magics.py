@@ -151,3 +151,20 @@ def test_background_frees_the_kernel_at_once(shell: Any) -> None:
     cell(shell, "nope --background -o failed", "hi")
     with pytest.raises(ForgeError, match="model 'nope:latest' not found"):
         shell.user_ns["failed"].result(timeout=10)
+
+
+def test_browser_shows_a_widget_bound_to_a_name(shell: Any) -> None:
+    pytest.importorskip("anywidget")
+    from ferrousforge.widgets import BrowserMold
+
+    cap, value = line(shell, "browser minilm:l6 --target wasm -o w")
+    w = shell.user_ns["w"]
+    assert value is None and isinstance(w, BrowserMold)
+    assert (w.model, w.target, w.runtime, w.web_url) == ("minilm:l6", "wasm", None, "")
+    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)
+    _, widget = line(shell, "browser smollm2:135m --web-url http://127.0.0.1:11434/web/")
+    assert isinstance(widget, BrowserMold) and widget.target == "auto"  # shown as the result
+    assert widget.web_url == "http://127.0.0.1:11434/web/"
+    cap, _ = line(shell, "browser minilm:l6 --target gpu")
+    assert cap.stderr.startswith("forge: argument --target: invalid choice")
+    assert len(cap.stderr.strip().splitlines()) == 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 pytest.importorskip("anywidget")
 
 import ferrousforge as ff
-from ferrousforge.widgets import Chat, Compare, Models
+from ferrousforge.widgets import BrowserError, BrowserMold, BrowserPending, Chat, Compare, Models
+from ferrousforge.widgets import browser as browser_module
 from ferrousforge.widgets.models import same_rows, table
 from ferrousforge.widgets.similarity import similarity, word_cosine
 
@@ -261,8 +263,9 @@ def test_same_rows_ignores_expiry_jitter() -> None:
 
 
 def test_each_widget_ships_an_es_module_and_scoped_css() -> None:
-    for cls, prefix in ((Compare, ".ff-compare"), (Chat, ".ff-chat"), (Models, ".ff-models")):
-        assert "export default { render }" in str(cls._esm)
+    widgets = ((Compare, ".ff-compare"), (Chat, ".ff-chat"), (Models, ".ff-models"))
+    for cls, prefix in (*widgets, (BrowserMold, ".ff-browser")):
+        assert "export default { " in str(cls._esm) and "render }" in str(cls._esm)
         selectors = [
             line for line in str(cls._css).splitlines() if line.endswith("{") and "@" not in line
         ]
@@ -285,3 +288,77 @@ def test_no_thread_is_left_behind(engine: ff.Engine) -> None:
     record(c)
     c.run("x")
     until(lambda: threading.active_count() <= before)
+
+
+def page_answer(w: BrowserMold, content: dict[str, Any], rows: Sequence[list[float]] = ()) -> None:
+    """Deliver the page's answer as the kernel would, embeddings as one float32 buffer."""
+    buffers = [memoryview(array("f", [x for row in rows for x in row]).tobytes())] if rows else []
+    w._handle_custom_msg(content, buffers)
+
+
+WHERE = {
+    "model": "minilm:l6-onnx",
+    "runtime": "ort",
+    "target": "wasm",
+    "why": "wasm was asked for",
+    "backend": "onnxruntime-web 1.30.0 (wasm)",
+    "device": "WASM SIMD, 1 thread(s)",
+    "threads": 1,
+}
+
+
+def test_browser_mold_queues_requests_and_resolves_futures() -> None:
+    w = BrowserMold("minilm:l6", target="wasm")
+    assert (w.model, w.target, w.status, w.last) == ("minilm:l6", "wasm", "", None)
+    fut = w.embed(["a cat", "a kitten"])
+    gen = w.generate("Hi!", max_tokens=8)
+    assert [r["id"] for r in w.requests] == [1, 2] and w.pending() == 2
+    assert w.requests[0] == {"id": 1, "kind": "embed", "texts": ["a cat", "a kitten"]}
+    assert w.requests[1] | {"prompt": "Hi!", "max_tokens": 8, "temperature": 0.0} == w.requests[1]
+    assert not fut.done()
+
+    rows = [[0.5, 0.25, -1.0], [0.125, 0.0, 2.0]]
+    answer = {"type": "result", "id": 1, "kind": "embed", "rows": 2, "dims": 3, "ms": 4.5}
+    page_answer(w, answer | {"ids": [[101, 1, 102], [101, 2, 102]], "info": WHERE}, rows)
+    r = fut.result()
+    assert r is w.last and r.embeddings == rows and r.ids[1] == [101, 2, 102]
+    assert (r.kind, r.model, r.backend, r.target, r.ms) == (
+        "embed", "minilm:l6-onnx", "onnxruntime-web 1.30.0 (wasm)", "wasm", 4.5
+    )  # fmt: skip
+    assert [x["id"] for x in w.requests] == [2]  # answered requests leave the queue
+    page_answer(w, answer | {"info": WHERE}, rows)  # a second page's duplicate: ignored
+    assert w.last is r and w.error == ""
+
+    done = {"type": "result", "id": 2, "kind": "generate", "text": "Hello", "tokens": 2}
+    page_answer(w, done | {"tokens_per_s": 10.0, "ms": 200.0, "info": WHERE})
+    g = gen.result(timeout=0)
+    assert (g.text, g.tokens, g.tokens_per_s, g.embeddings) == ("Hello", 2, 10.0, [])
+    assert w.requests == [] and w.pending() == 0 and w.last is g
+
+
+def test_browser_mold_errors_are_one_line() -> None:
+    w = BrowserMold("nope:1")
+    fut = w.embed("x")
+    page_answer(w, {"type": "result", "id": 1, "kind": "embed", "error": "nope:1 is not here"})
+    with pytest.raises(BrowserError, match=r"^nope:1 is not here$"):
+        fut.result()
+    bad = w.embed("y")
+    page_answer(w, {"type": "result", "id": 2, "kind": "embed", "rows": 1, "dims": 4})
+    assert "floats for 1×4 embeddings" in w.error
+    assert "floats for 1×4 embeddings" in str(bad.exception())
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        w.embed([])
+    with pytest.raises(Exception, match="target"):
+        BrowserMold("minilm:l6", target="gpu")
+
+
+def test_browser_future_refuses_to_hang_the_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = BrowserMold("minilm:l6")
+    fut = w.embed("x")
+    monkeypatch.setattr(browser_module, "_kernel_would_block", lambda: True)
+    with pytest.raises(BrowserPending, match=r"call \.result\(\) in a later cell"):
+        fut.result()
+    with pytest.raises(TimeoutError):  # BrowserPending is one, for code that catches those
+        fut.exception()
+    page_answer(w, {"type": "result", "id": 1, "kind": "generate", "text": "ok"})
+    assert fut.result().text == "ok"  # answered: nothing to wait for
