@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -138,19 +138,20 @@ def _inside(base: Path, relative: str) -> Path | None:
     return target if target.is_relative_to(base.resolve()) and target.is_file() else None
 
 
-def router(store: Callable[[], Store]) -> APIRouter:
-    """The /web routes; ``store`` gives the store to list and serve models from."""
+def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter:
+    """The /web routes; ``store`` gives the store to list and serve models from. The app's
+    files are public; the model routes take the API's ``guarded`` dependencies (its keys)."""
     web = APIRouter(prefix="/web", tags=["web"], include_in_schema=False)
 
     @web.api_route("", methods=["GET", "HEAD"])
     async def home() -> Response:
         return RedirectResponse("/web/", headers=ISOLATION)
 
-    @web.api_route("/models.json", methods=["GET", "HEAD"])
+    @web.api_route("/models.json", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def models() -> Response:
         return JSONResponse(catalog(browser_models(store())), headers=ISOLATION)
 
-    @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"])
+    @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def model_file(rest: str) -> Response:
         folder, _, name = rest.rpartition("/")
         for model in browser_models(store()):

@@ -34,7 +34,11 @@ def test_embeddings_on_cuda_match_the_cpu(
         from ferrousforge.convert import convert
 
         convert(minilm_engine.store, "minilm:l6", "onnx")
+    # the reference must run on the CPU: by default a CUDA machine would load it on cuda:0
+    minilm_engine.unload("minilm:l6")
+    minilm_engine.load("minilm:l6", backend="torch", device="cpu")
     reference = minilm_engine.embed("minilm:l6", SENTENCES).embeddings
+    assert next(p for p in minilm_engine.ps() if p.name == "minilm:l6").device == "cpu"
     minilm_engine.unload(model)
     minilm_engine.load(model, backend=backend, device=device)
     try:

@@ -362,3 +362,23 @@ def test_corrupt_safetensors_raise_invalid_model_file(tmp_path: Path) -> None:
         safetensors_file.load(write_raw(tmp_path / "f64.safetensors", f64, b"\0" * 8))
     with pytest.raises(InvalidModelFile, match="cannot read"):
         safetensors_file.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("backend", "description", "usable"),
+    [
+        ("OpenGL", "4.5 (Core Profile) Mesa 22.3.6", True),
+        ("OpenGL", "3.3.0 NVIDIA 580.159.04", False),  # seen on an H200: no compute shaders
+        ("OpenGL", "4.3.0 NVIDIA", True),
+        ("OpenGLES", "OpenGL ES 3.0 Mesa", False),
+        ("OpenGLES", "OpenGL ES 3.2 Mesa", True),
+        ("Vulkan", "3.3 anything", True),
+        ("OpenGL", "", True),  # unknown version: opening the device will say
+    ],
+)
+def test_only_adapters_with_compute_shaders_are_devices(
+    backend: str, description: str, usable: bool
+) -> None:
+    from ferrousforge.backends.wgpu_backend import computes
+
+    assert computes({"backend_type": backend, "description": description}) is usable

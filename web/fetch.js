@@ -1,6 +1,8 @@
 // Model bytes with progress, kept in the Cache API between visits (keyed by URL and digest),
 // so a reload does not download a model again.
 const CACHE = "ferrousforge-models-v1";
+/** Headers for every request to the engine (forge.configure({apiKey}) sets Authorization). */
+export const headers = {};
 
 async function cached(url) {
   if (typeof caches === "undefined") return null;
@@ -24,7 +26,7 @@ export async function fetchBytes(url, { onBytes = () => {}, digest = null } = {}
     onBytes(bytes.length, bytes.length);
     return bytes;
   }
-  const response = await fetch(url);
+  const response = await fetch(url, { headers });
   if (!response.ok) {
     let detail = "";
     try {
@@ -59,7 +61,7 @@ export async function fetchBytes(url, { onBytes = () => {}, digest = null } = {}
 
 /** Fetch `url` as JSON, with a readable error. */
 export async function fetchJson(url) {
-  const response = await fetch(url);
+  const response = await fetch(url, { headers });
   if (!response.ok) throw new Error(`cannot fetch ${url}: HTTP ${response.status}`);
   return response.json();
 }

@@ -7,12 +7,19 @@
 //   await forge.generate("smollm2:135m", "Hi!", { onToken: (t) => ..., maxTokens: 64 });
 //
 // Every file (runtimes, models) comes from the same origin as this module.
-import { fetchJson } from "./fetch.js";
+import { fetchJson, headers } from "./fetch.js";
 
 const BASE = new URL(".", import.meta.url);
 const RUNTIMES = { ort: "./runtimes/ort.js", pyodide: "./runtimes/pyodide.js", wllama: "./runtimes/wllama.js" };
 const loaded = new Map(); // model name -> handle
 let catalog = null;
+
+/** Settings for this page: `apiKey` when the engine requires one (forge serve --api-key). */
+export function configure({ apiKey } = {}) {
+  if (apiKey) headers.authorization = `Bearer ${apiKey}`;
+  else delete headers.authorization;
+  catalog = null;
+}
 
 /** The browser models the server offers (models.json): [{name, runtime, task, size, ...}]. */
 export async function models() {
@@ -36,14 +43,14 @@ export async function targets() {
     threads: isolated ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 4)) : 1,
     reason: null,
   };
-  if (!("gpu" in navigator)) return { ...base, reason: "this browser has WebGPU off (no navigator.gpu)" };
+  if (!("gpu" in navigator)) return { ...base, reason: "this browser has no WebGPU (navigator.gpu is missing)" };
   let adapter = null;
   try {
     adapter = await navigator.gpu.requestAdapter();
   } catch (e) {
     return { ...base, reason: `WebGPU failed: ${e.message}` };
   }
-  if (!adapter) return { ...base, reason: "WebGPU gives no adapter (no usable GPU)" };
+  if (!adapter) return { ...base, reason: "WebGPU has no adapter here (it is turned off, or there is no usable GPU)" };
   const info = adapter.info ?? {};
   const software = info.isFallbackAdapter || /swiftshader/i.test(`${info.description} ${info.architecture}`);
   return {
@@ -220,7 +227,7 @@ export const server = {
 async function post(path, body) {
   const response = await fetch(new URL(path, server.url), {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { ...headers, "content-type": "application/json" },
     body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({}));

@@ -74,7 +74,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(ollama.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
-    app.include_router(webapp.router(lambda: engine.store))  # static: the page sends no key
+    app.include_router(webapp.router(lambda: engine.store, guarded))
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

@@ -96,6 +96,13 @@ class TorchMold(EncoderMold):
             )
         return out.last_hidden_state.float().cpu().numpy()
 
+    def _release(self) -> None:
+        super()._release()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()  # hand the cached blocks back: devices() counts them used
+
 
 def traceable_encoder(folder: Path) -> Any:
     """The folder's encoder as a module of (input_ids, attention_mask, token_type_ids) by

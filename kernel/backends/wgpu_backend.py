@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -65,10 +66,23 @@ def adapters() -> dict[str, Any]:
     seen: Counter[str] = Counter()
     for adapter in _wgpu().gpu.enumerate_adapters_sync():
         kind = _KINDS.get(adapter.info["backend_type"])
-        if kind is not None:
+        if kind is not None and computes(adapter.info):
             found[f"{kind}:{seen[kind]}"] = adapter
             seen[kind] += 1
     return found
+
+
+def computes(info: Any) -> bool:
+    """Whether an adapter can run compute shaders. An OpenGL context below 4.3 (GLES below
+    3.1) cannot, yet reports normal compute limits: NVIDIA's driver gives wgpu GL 3.3, whose
+    device then fails to open. Its version leads ``description`` ("4.5 (Core Profile) ...")."""
+    if info["backend_type"] not in ("OpenGL", "OpenGLES"):
+        return True
+    match = re.match(r"\s*(?:OpenGL ES )?(\d+)\.(\d+)", str(info.get("description", "")))
+    if match is None:
+        return True  # unknown: let opening the device say what is wrong
+    least = (3, 1) if info["backend_type"] == "OpenGLES" else (4, 3)
+    return (int(match[1]), int(match[2])) >= least
 
 
 class WgpuBackend:

@@ -1,0 +1,184 @@
+"""The /web routes and ``forge web --export`` (no browser): headers, media types, what
+``models.json`` offers from the store, path safety, the API keys, and the exported tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+import ferrousforge as ff
+from ferrousforge import webapp
+from ferrousforge.cli.main import main
+from ferrousforge.errors import ConfigError
+from ferrousforge.store.manifest import FileEntry, Manifest
+from ferrousforge.store.store import Store
+
+from .apiserver import running
+
+ISOLATED = {
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-embedder-policy": "require-corp",
+}
+
+
+def add(home: Path, name: str, fmt: str, files: dict[str, bytes], **kw: str) -> Manifest:
+    """A model of fake bytes in the store: a folder of ``files``, or one file for gguf."""
+    folder = home / "src" / name.replace(":", "_")
+    folder.mkdir(parents=True)
+    for rel, data in files.items():
+        (folder / rel).write_bytes(data)
+    path = folder / next(iter(files)) if fmt == "gguf" else folder
+    entries = [FileEntry(path=r, sha256="0" * 64, size=len(d)) for r, d in files.items()]
+    manifest = Manifest(
+        name=name,
+        source="test",
+        format=fmt,
+        path=str(path),
+        managed=False,
+        sha256="ab" * 32,
+        size=sum(e.size for e in entries),
+        files=entries,
+        **kw,
+    )
+    Store(home).save(manifest)
+    return manifest
+
+
+@pytest.fixture
+def web_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for web/: a page, a module, a wasm file, and files that must not be served."""
+    root = tmp_path / "webroot"
+    (root / "vendor/ort").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html><title>forge</title>")
+    (root / "forge.js").write_text("export const x = 1;")
+    (root / "vendor/ort/ort.wasm.min.mjs").write_text("export default 1;")
+    (root / "vendor/ort/ort-wasm-simd-threaded.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (root / "build.mjs").write_text("// the build script")
+    (root / "__init__.py").write_text("")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    monkeypatch.setattr(webapp, "root", lambda: root)
+    return root
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    tok = {"tokenizer.json": b"{}", "config.json": b"{}"}
+    add(home, "enc:onnx", "onnx", {"model.onnx": b"onnx!" * 10, **tok, "notes.txt": b"private"})
+    add(home, "enc:st", "safetensors", {"model.safetensors": b"st" * 8, **tok})
+    add(home, "chat:small", "gguf", {"chat.gguf": b"GGUF" * 5})
+    add(home, "enc:no-tokenizer", "onnx", {"model.onnx": b"x"})
+    add(home, "enc:tvm", "tvm", {"model.onnx": b"x", **tok})
+    return home
+
+
+def test_models_json_lists_what_a_browser_runtime_can_run(home: Path, web_root: Path) -> None:
+    with running(ff.Settings(home=home)) as srv:
+        r = httpx.get(srv.url + "/web/models.json")
+    assert r.status_code == 200
+    models = {m["name"]: m for m in r.json()["models"]}
+    assert set(models) == {"enc:onnx", "enc:st", "chat:small"}
+    assert models["enc:onnx"]["runtime"] == "ort"
+    assert models["enc:st"]["runtime"] == "pyodide"
+    assert (models["chat:small"]["runtime"], models["chat:small"]["task"]) == ("wllama", "chat")
+    assert models["enc:onnx"]["files"] == {"model.onnx": 50, "tokenizer.json": 2, "config.json": 2}
+    assert models["chat:small"]["files"] == {"model.gguf": 20}
+    assert models["enc:onnx"]["base"] == "models/enc/onnx/"
+    assert models["enc:onnx"]["max_length"] == 512  # no sentence-bert config: the default
+
+
+def test_static_files_carry_isolation_headers_and_media_types(home: Path, web_root: Path) -> None:
+    with running(ff.Settings(home=home)) as srv, httpx.Client(base_url=srv.url) as client:
+        get = client.get
+        page = get("/web/")
+        mjs = get("/web/vendor/ort/ort.wasm.min.mjs")
+        wasm = get("/web/vendor/ort/ort-wasm-simd-threaded.wasm")
+        model = get("/web/models/enc/onnx/model.onnx")
+        gguf = get("/web/models/chat/small/model.gguf")
+        redirect = get("/web", follow_redirects=False)
+    assert page.text.startswith("<!doctype html>")
+    assert page.headers["content-type"].startswith("text/html")
+    assert mjs.headers["content-type"].startswith("text/javascript")
+    assert wasm.headers["content-type"] == "application/wasm"
+    assert wasm.content == b"\0asm\1\0\0\0"
+    assert model.content == b"onnx!" * 10
+    assert gguf.content == b"GGUF" * 5
+    for response in (page, mjs, wasm, model):
+        assert ISOLATED.items() <= response.headers.items(), response.url
+        assert response.headers["cross-origin-resource-policy"] == "same-origin"
+    assert redirect.status_code == 307 and redirect.headers["location"] == "/web/"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/web/build.mjs",
+        "/web/__init__.py",
+        "/web/%2e%2e/secret.txt",
+        "/web/..%2fsecret.txt",
+        "/web/models/enc/onnx/notes.txt",  # in the model folder, but not a file runtimes read
+        "/web/models/enc/tvm/model.onnx",
+        "/web/nothing.js",
+    ],
+)
+def test_only_the_app_and_model_files_are_served(home: Path, web_root: Path, path: str) -> None:
+    with running(ff.Settings(home=home)) as srv:
+        r = httpx.get(srv.url + path)
+    assert r.status_code == 404, r.text
+    assert "error" in r.json() and "not for the web" not in r.text
+
+
+def test_with_api_keys_the_page_is_public_but_models_need_the_key(
+    home: Path, web_root: Path
+) -> None:
+    with running(ff.Settings(home=home, api_keys=["k1"])) as srv:
+        page = httpx.get(srv.url + "/web/")
+        anonymous = httpx.get(srv.url + "/web/models.json")
+        keyed = httpx.get(srv.url + "/web/models.json", headers={"Authorization": "Bearer k1"})
+        file = httpx.get(srv.url + "/web/models/chat/small/model.gguf")
+    assert page.status_code == 200
+    assert (anonymous.status_code, keyed.status_code, file.status_code) == (401, 200, 401)
+
+
+def test_export_writes_a_static_tree_with_the_chosen_models(
+    home: Path, web_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    assert main(["--home", str(home), "web", "--export", str(out), "--model", "enc:onnx"]) == 0
+    assert (out / "index.html").read_text() == (web_root / "index.html").read_text()
+    assert (out / "vendor/ort/ort-wasm-simd-threaded.wasm").read_bytes() == b"\0asm\1\0\0\0"
+    assert (out / "models/enc/onnx/model.onnx").read_bytes() == b"onnx!" * 10
+    assert not (out / "models/enc/onnx/notes.txt").exists()
+    assert not (out / "models/chat").exists() and not (out / "build.mjs").exists()
+    catalog = json.loads((out / "models.json").read_text())
+    assert [m["name"] for m in catalog["models"]] == ["enc:onnx"]
+    headers = (out / "_headers").read_text()
+    assert "Cross-Origin-Embedder-Policy: require-corp" in headers
+    # a second export copies nothing that is already there and current
+    mtime = (out / "models/enc/onnx/model.onnx").stat().st_mtime_ns
+    webapp.export(Store(home), out, ["enc:onnx"])
+    assert (out / "models/enc/onnx/model.onnx").stat().st_mtime_ns == mtime
+    assert not list(out.rglob("*.part"))
+
+
+def test_export_refuses_models_without_a_browser_runtime(home: Path, web_root: Path) -> None:
+    with pytest.raises(ConfigError, match="enc:tvm has no browser runtime"):
+        webapp.export(Store(home), home / "out", ["enc:tvm"])
+
+
+def test_export_needs_the_runtimes_built(
+    home: Path, web_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (web_root / "vendor/ort/ort.wasm.min.mjs").unlink()
+    assert main(["--home", str(home), "web", "--export", str(home / "out")]) != 0
+    assert "npm run build" in capsys.readouterr().err
+
+
+def test_web_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["web", "--help"])
+    text = capsys.readouterr().out
+    assert "--export DIR" in text and "--port" in text and "static" in text
