@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # FerrousForge's two commands (README.md):
 #   ./dev.sh run [forge serve flags] set up .venv, pull smollm2:135m, serve it on :11434
+#                                    with the browser demo at /web/
 #   ./dev.sh test [pytest args]      set up .venv and test needs, run ruff, mypy, pytest
 #   ./dev.sh setup                   only set up .venv (with the dev tools)
-# Both are idempotent: a second run reuses .venv and the cached llama-cpp-python wheel.
+# Both are idempotent: a second run reuses .venv, node_modules and the cached llama wheel.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -85,20 +86,43 @@ setup_jupyter_extension() {  # editable installs skip the data file that enables
   cp jupyter-config/ferrousforge.json "$VENV/etc/jupyter/jupyter_server_config.d/"
 }
 
+setup_web() {  # the browser build: runtimes from npm into web/vendor (web/build.mjs)
+  command -v npm >/dev/null || apt_install "the browser build (npm)" nodejs npm
+  local sum
+  sum=$(cat package.json package-lock.json | sha256sum | cut -c1-64)
+  if [ "$(cat node_modules/.forge-stamp 2>/dev/null)" != "$sum" ]; then
+    say "installing the browser runtimes (npm ci; bench/browser.py also wants the dev ones)"
+    # --ignore-scripts: no package may download anything at install time (DESIGN.md §6)
+    npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error
+    echo "$sum" >node_modules/.forge-stamp
+  fi
+  PYTHON="$PY" npm run --silent build
+}
+
 cmd_setup() {
   setup_venv
   setup_llama
   setup_torch
   setup_project "llama,torch,onnx,tvm,wgpu,jupyter,dev"
   setup_jupyter_extension
+  setup_web
 }
 
 cmd_run() {
   setup_venv
   setup_llama
-  setup_project llama
+  setup_torch  # the ONNX export of minilm:l6 that the demo's embeddings run in the browser
+  setup_project "llama,onnx,torch"
+  setup_web
   "$VENV/bin/forge" pull smollm2:135m
+  "$VENV/bin/forge" pull minilm:l6
+  ensure_onnx "${FORGE_HOME:-$HOME/.ferrousforge}"
   exec "$VENV/bin/forge" serve --preload smollm2:135m "$@"
+}
+
+ensure_onnx() {  # $1: a store home; converts minilm:l6 to ONNX (for ORT-web) once
+  [ -f "$1/manifests/library/minilm/l6-onnx.json" ] ||
+    FORGE_HOME="$1" "$VENV/bin/forge" convert minilm:l6 --to onnx
 }
 
 cmd_test() {
@@ -107,6 +131,7 @@ cmd_test() {
   say "pulling smollm2:135m and minilm:l6 for the real-model tier into $TEST_HOME"
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull smollm2:135m
   FORGE_HOME="$TEST_HOME" "$VENV/bin/forge" pull minilm:l6
+  ensure_onnx "$TEST_HOME"
   say "ruff"
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/ruff" check .

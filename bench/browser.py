@@ -59,8 +59,9 @@ def site(store: Store, models: list[str]) -> Path:
     for name in ("transformers.min.js", "ort-wasm-simd-threaded.jsep.mjs"):
         shutil.copyfile(TJS / "dist" / name, tjs / name)
     nested = TJS / "node_modules/onnxruntime-web/dist"
-    for name in ("ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm"):
-        shutil.copyfile(nested / name, tjs / "ort" / name)
+    for path in nested.glob("ort-wasm-simd-threaded*"):  # its own ORT build's wasm files
+        if path.suffix in (".mjs", ".wasm"):
+            shutil.copyfile(path, tjs / "ort" / path.name)
     onnx = store.get("minilm:l6-onnx").file
     model = tjs / "models/minilm/onnx"
     model.mkdir(parents=True, exist_ok=True)

@@ -87,20 +87,22 @@ async function choose(target, runtime) {
   return { target: "webgpu", why: `WebGPU: ${describe(t.adapter)}` };
 }
 
-/** The models.json entry that runs `model` on `runtime` (an encoder's ONNX export for ort). */
+/** The models.json entry that runs `model` on `runtime`: the model itself, or a form of it
+ *  (an encoder runs on onnxruntime-web, through its ONNX export, unless asked otherwise). */
 async function resolve(model, runtime) {
   const all = await models();
-  const entry = all.find((m) => m.name === model || m.name === `${model}:latest`);
-  if (!entry) {
+  const named = (m) => m.name === model || m.name === `${model}:latest`;
+  // the model and its converted forms (minilm:l6 -> minilm:l6-onnx), or their shared source
+  const root = all.find(named)?.parent ?? model;
+  const family = all.filter((m) => named(m) || m.parent === model || m.name === root || m.parent === root);
+  if (!family.length) {
     const names = all.map((m) => m.name).join(", ") || "none";
     throw new Error(`${model} is not a browser model here (have: ${names}); pull or convert it with forge first`);
   }
-  // an encoder runs on onnxruntime-web unless asked otherwise, through its ONNX export
-  runtime ??= entry.task === "embed" ? "ort" : entry.runtime;
-  if (runtime === entry.runtime) return entry;
-  const sibling = all.find((m) => m.runtime === runtime && (m.parent === entry.name || entry.parent === m.name || (m.parent && m.parent === entry.parent)));
-  if (!sibling) throw new Error(`${model} has no ${runtime} form here (for ort: forge convert ${model} --to onnx)`);
-  return sibling;
+  runtime ??= family.some((m) => m.task === "embed") ? "ort" : family[0].runtime;
+  const found = family.find((m) => named(m) && m.runtime === runtime) ?? family.find((m) => m.runtime === runtime);
+  if (!found) throw new Error(`${model} has no ${runtime} form here (for ort: forge convert ${model} --to onnx)`);
+  return found;
 }
 
 /**

@@ -78,6 +78,9 @@ def serve(settings: Settings) -> None:
     host, port = sock.getsockname()[:2]
     server, _ = make_server(settings, sock)
     log.warning(
-        "serving on http://%s:%d  (Ollama API /api, OpenAI API /v1, docs /docs)", host, port
+        "serving on http://%s:%d  (Ollama API /api, OpenAI API /v1, docs /docs, browser demo "
+        "/web/)",
+        host,
+        port,
     )
     server.run(sockets=[sock])
