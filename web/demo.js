@@ -100,10 +100,9 @@ const clearError = () => (ui.error.hidden = true);
 
 // ---------- the model picker ----------
 function groupModels(list) {
-  const names = new Set(list.map((m) => m.name));
-  const groups = new Map();
+  const groups = new Map(); // a converted form is listed under its parent, even where only it was exported
   for (const entry of list) {
-    const key = entry.parent && names.has(entry.parent) ? entry.parent : entry.name;
+    const key = entry.parent ?? entry.name;
     if (!groups.has(key)) groups.set(key, { name: key, task: entry.task, forms: [] });
     groups.get(key).forms.push(entry);
   }
