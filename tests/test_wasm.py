@@ -1,5 +1,6 @@
 """The Pyodide side (wasm/) without a browser: its pure-Python safetensors reader against the
-numpy one, and the built wheel carrying the server's WGSL kernels byte for byte."""
+numpy one, and the built wheel carrying the server's WGSL kernels and BERT dispatch plan byte
+for byte."""
 
 from __future__ import annotations
 
@@ -85,18 +86,20 @@ def test_corrupt_safetensors_raise_model_error(reader: Any, tmp_path: Path) -> N
             reader.load(data)
 
 
-def test_the_wheel_carries_the_servers_kernels() -> None:
+def test_the_wheel_carries_the_servers_kernels_and_plan() -> None:
     version = tomllib.loads((ROOT / "wasm/pyproject.toml").read_text())["project"]["version"]
     name = f"ferrousforge_wasm-{version}-py3-none-any.whl"
     assert name in (ROOT / "web/runtimes/pyodide.js").read_text(), "pyodide.js names another wheel"
     wheel = ROOT / "web/vendor/wheels" / name
     if not wheel.is_file():
         pytest.skip(f"{wheel} is not built: npm run build")
+    # each file of the wheel's that is copied from the server's package -> its source there
+    sources = {f"forge_wasm/wgsl/{p.name}": p for p in (ROOT / "kernel/wgsl").glob("*.wgsl")}
+    assert len(sources) == 6
+    sources["forge_wasm/bert_plan.py"] = ROOT / "kernel/backends/bert_plan.py"
     with zipfile.ZipFile(wheel) as z:
-        carried = {
-            Path(n).name: z.read(n) for n in z.namelist() if n.startswith("forge_wasm/wgsl/")
-        }
-    kernels = {p.name: p.read_bytes() for p in (ROOT / "kernel/wgsl").glob("*.wgsl")}
-    assert carried.keys() == kernels.keys() and len(kernels) == 6
-    stale = [n for n in kernels if carried[n] != kernels[n]]
-    assert not stale, f"{wheel.name} has older {stale}: npm run build"
+        carried = {n: z.read(n) for n in z.namelist()}
+    kernels = {n for n in carried if n.startswith("forge_wasm/wgsl/")}
+    assert kernels <= sources.keys(), f"{wheel.name} has kernels the server has not"
+    stale = [n for n, path in sources.items() if carried.get(n) != path.read_bytes()]
+    assert not stale, f"{wheel.name} has older or lacks {stale}: npm run build"

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import math
 import os
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,8 @@ from ..errors import (
 )
 from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
-from . import wgsl
+from . import bert_plan, wgsl
+from .bert_plan import gelu_groups as gelu_groups  # tests import it from here
 from .encoders import Batch, EncoderMold
 
 # wgpu backend_type -> our device kind
@@ -41,8 +39,6 @@ _KINDS = {
     "OpenGLES": "gl",
     "WebGPU": "webgpu",
 }
-MAX_TOKENS = 512  # attention.wgsl's MAX_TOKENS
-MAX_HEAD_DIM = 256  # attention.wgsl's MAX_HEAD_DIM
 
 
 def _wgpu() -> Any:
@@ -183,81 +179,36 @@ class Kernels:
         return np.frombuffer(self.device.queue.read_buffer(buffer, 0, count * 4), np.float32)
 
 
-def gelu_groups(n: int) -> tuple[int, int, int]:
-    """gelu.wgsl's workgroups for ``n`` elements, within the 65535 limit per dimension."""
-    groups = math.ceil(n / 256)
-    x = min(groups, 65535)
-    return x, math.ceil(groups / x), 1
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    hidden: int
-    heads: int
-    layers: int
-    intermediate: int
-    eps: float
-    positions: int
+class BertConfig(bert_plan.BertConfig):
+    """:class:`bert_plan.BertConfig`, read from a file with our errors."""
 
     @classmethod
     def read(cls, path: Path) -> BertConfig:
         try:
-            c = json.loads(path.read_text())
-            config = cls(
-                int(c["hidden_size"]),
-                int(c["num_attention_heads"]),
-                int(c["num_hidden_layers"]),
-                int(c["intermediate_size"]),
-                float(c.get("layer_norm_eps", 1e-12)),
-                int(c.get("max_position_embeddings", MAX_TOKENS)),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            config = cls.parse(path.read_text())
+        except (OSError, bert_plan.ConfigError) as e:
             raise InvalidModelFile(f"cannot read a BERT config from {path}: {e}") from e
-        unsupported = [
-            f"{key}={c.get(key)!r}"
-            for key, want in (
-                ("model_type", "bert"),
-                ("hidden_act", "gelu"),
-                ("position_embedding_type", "absolute"),
-            )
-            if c.get(key, want) != want
-        ]
-        if config.hidden % config.heads or config.hidden // config.heads > MAX_HEAD_DIM:
-            unsupported.append(f"head size {config.hidden}/{config.heads}")
-        if unsupported:
+        except bert_plan.Unsupported as e:
             raise UnsupportedFormat(
-                f"the wgpu backend runs BERT encoders with exact GELU; {path} has "
-                + ", ".join(unsupported)
-            )
+                f"the wgpu backend runs BERT encoders with exact GELU; {path} has {e}"
+            ) from e
         return config
 
 
-# Our name for each per-layer tensor -> its name under encoder.layer.N.
-_LAYER = {
-    "out": "attention.output.dense.weight",
-    "out_b": "attention.output.dense.bias",
-    "norm1": "attention.output.LayerNorm.weight",
-    "norm1_b": "attention.output.LayerNorm.bias",
-    "up": "intermediate.dense.weight",
-    "up_b": "intermediate.dense.bias",
-    "down": "output.dense.weight",
-    "down_b": "output.dense.bias",
-    "norm2": "output.LayerNorm.weight",
-    "norm2_b": "output.LayerNorm.bias",
-}
-
-
 class Bert:
-    """A BERT encoder's weights on the GPU, and its forward pass as one submit of dispatches.
+    """A BERT encoder's weights on the GPU, and its forward pass as one submit of dispatches,
+    as :mod:`bert_plan` lays them out.
 
     Activation buffers are sized for the most rows seen so far and reused while they fit.
     """
 
-    def __init__(self, kernels: Kernels, config: BertConfig, tensors: dict[str, Any]) -> None:
+    def __init__(
+        self, kernels: Kernels, config: bert_plan.BertConfig, tensors: dict[str, Any]
+    ) -> None:
         import numpy as np
 
         self.k, self.config = kernels, config
-        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+        prefix = bert_plan.prefix(tensors)
 
         def get(name: str) -> Any:
             try:
@@ -265,35 +216,18 @@ class Bert:
             except KeyError:
                 raise InvalidModelFile(f"model.safetensors has no tensor {name!r}") from None
 
-        up = kernels.upload
-        words = get("embeddings.word_embeddings.weight")
-        self.vocab = len(words)
-        self.embeddings = [up(words)] + [
-            up(get(f"embeddings.{n}_embeddings.weight")) for n in ("position", "token_type")
-        ]
-        self.embed_norm = [up(get(f"embeddings.LayerNorm.{n}")) for n in ("weight", "bias")]
-        self.layers = []
-        for i in range(config.layers):
-            layer = f"encoder.layer.{i}."
-            qkv = [f"{layer}attention.self.{n}." for n in ("query", "key", "value")]
-            w = {key: up(get(layer + name)) for key, name in _LAYER.items()}
-            w["qkv"] = up(np.concatenate([get(n + "weight") for n in qkv]))
-            w["qkv_b"] = up(np.concatenate([get(n + "bias") for n in qkv]))
-            self.layers.append(w)
-        names = ("embed", "norm", "attention", "gelu", "qkv", "out", "up", "down")
-        self.params = {n: kernels.uniform() for n in names}
+        self.buffers: dict[str, Any] = {}
+        for w in bert_plan.weights(config):
+            arrays = [get(name) for name in w.tensors]
+            data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            self.buffers[w.buffer] = kernels.upload(data)
+        self.vocab = len(tensors[prefix + bert_plan.WORDS])
+        self.params = {n: kernels.uniform() for n in bert_plan.PARAMS}
         self.pipes = {
-            "embed": kernels.pipeline("embed"),
-            "norm": kernels.pipeline("layernorm", RESIDUAL=False),
-            "residual_norm": kernels.pipeline("layernorm", RESIDUAL=True),
-            "linear": kernels.pipeline("matmul"),
-            "attention": kernels.pipeline("attention"),
-            "gelu": kernels.pipeline("gelu"),
+            key: kernels.pipeline(name, **c) for key, (name, c) in bert_plan.PIPELINES.items()
         }
-        limit = kernels.device.limits["max-storage-buffer-binding-size"]
-        widest = max(3 * config.hidden, config.intermediate)
-        self.max_rows = min(65535, limit // (4 * widest))  # rows one forward may hold
-        self.max_tokens = min(MAX_TOKENS, config.positions)
+        self.max_rows = config.max_rows(kernels.device.limits["max-storage-buffer-binding-size"])
+        self.max_tokens = config.max_tokens
         self._rows = 0
         self._groups: list[Any] = []
 
@@ -309,41 +243,21 @@ class Bert:
             raise InvalidModelFile(f"token ids fall outside the {self.vocab}-word vocabulary")
         if batch == 0 or tokens == 0:
             return np.zeros((batch, tokens, self.config.hidden), np.float32)
-        step = max(1, self.max_rows // tokens)
         parts = [
-            self.forward(ids[i : i + step], types[i : i + step], mask[i : i + step])
-            for i in range(0, batch, step)
+            self.forward(ids[part], types[part], mask[part])
+            for part in bert_plan.passes(batch, tokens, self.max_rows)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _grow(self, rows: int) -> None:
         """Allocate activations for ``rows`` token rows and bind them to every dispatch."""
-        k, c, p, pipes = self.k, self.config, self.params, self.pipes
+        k, c = self.k, self.config
         self._rows = rows
-        f32 = 4 * rows
-        self.ids, self.types, self.mask = (k.storage(f32) for _ in range(3))
-        self.h, self.h1, self.a, self.ctx = (k.storage(f32 * c.hidden) for _ in range(4))
-        self.qkv, self.inter = k.storage(3 * f32 * c.hidden), k.storage(f32 * c.intermediate)
-        words, positions, types = self.embeddings
-        groups = [
-            k.bind(
-                pipes["embed"], p["embed"], self.ids, self.types, words, positions, types, self.a
-            ),
-            k.bind(pipes["norm"], p["norm"], self.a, *self.embed_norm, self.h, self.a),
+        self.buffers |= {n: k.storage(size) for n, size in bert_plan.activations(c, rows).items()}
+        self._groups = [
+            k.bind(*g.resolve(self.pipes, self.params, self.buffers))
+            for g in bert_plan.bind_groups(c)
         ]
-        lin, res = pipes["linear"], pipes["residual_norm"]
-        for w in self.layers:
-            groups += [
-                k.bind(lin, p["qkv"], self.h, w["qkv"], w["qkv_b"], self.qkv),
-                k.bind(pipes["attention"], p["attention"], self.qkv, self.mask, self.ctx),
-                k.bind(lin, p["out"], self.ctx, w["out"], w["out_b"], self.a),
-                k.bind(res, p["norm"], self.a, w["norm1"], w["norm1_b"], self.h1, self.h),
-                k.bind(lin, p["up"], self.h1, w["up"], w["up_b"], self.inter),
-                k.bind(pipes["gelu"], p["gelu"], self.inter),
-                k.bind(lin, p["down"], self.inter, w["down"], w["down_b"], self.a),
-                k.bind(res, p["norm"], self.a, w["norm2"], w["norm2_b"], self.h, self.h1),
-            ]
-        self._groups = groups
 
     def forward(self, ids: Any, types: Any, mask: Any) -> Any:
         """One pass of :meth:`hidden`: ``batch · tokens`` must be at most ``max_rows``."""
@@ -352,43 +266,17 @@ class Bert:
         batch, tokens = ids.shape
         rows = batch * tokens
         if rows > self._rows:
-            self._grow(min(max(rows, 2 * self._rows), self.max_rows))
-        k, c, p, pipes = self.k, self.config, self.params, self.pipes
-        queue = k.device.queue
-        for buffer, values in ((self.ids, ids), (self.types, types), (self.mask, mask)):
-            queue.write_buffer(buffer, 0, np.ascontiguousarray(values, dtype=np.uint32))
-        head = c.hidden // c.heads
-        k.set_params(p["embed"], rows, tokens, c.hidden)
-        k.set_params(p["norm"], rows, c.hidden, c.eps)
-        k.set_params(p["attention"], tokens, c.heads, head, 1 / math.sqrt(head))
-        k.set_params(p["gelu"], rows * c.intermediate)
-        shapes = {
-            "qkv": (3 * c.hidden, c.hidden),
-            "out": (c.hidden, c.hidden),
-            "up": (c.intermediate, c.hidden),
-            "down": (c.hidden, c.intermediate),
-        }
-        for name, (n, width) in shapes.items():
-            k.set_params(p[name], rows, n, width)
-
-        def linear(n: int) -> tuple[int, int, int]:
-            return math.ceil(n / 64), math.ceil(rows / 32), 1
-
-        norm = (rows, 1, 1)
-        layer = [  # the dispatches in the order _grow made their bind groups
-            (pipes["linear"], linear(3 * c.hidden)),
-            (pipes["attention"], (tokens, c.heads, batch)),
-            (pipes["linear"], linear(c.hidden)),
-            (pipes["residual_norm"], norm),
-            (pipes["linear"], linear(c.intermediate)),
-            (pipes["gelu"], gelu_groups(rows * c.intermediate)),
-            (pipes["linear"], linear(c.hidden)),
-            (pipes["residual_norm"], norm),
-        ]
-        plan = [(pipes["embed"], (math.ceil(c.hidden / 64), rows, 1)), (pipes["norm"], norm)]
-        plan += layer * c.layers
-        k.run([(pipe, group, size) for (pipe, size), group in zip(plan, self._groups, strict=True)])
-        return k.read(self.h, rows * c.hidden).reshape(batch, tokens, c.hidden)
+            self._grow(bert_plan.grown(rows, self._rows, self.max_rows))
+        k, c, queue = self.k, self.config, self.k.device.queue
+        for name, values in zip(bert_plan.INPUTS, (ids, types, mask), strict=True):
+            queue.write_buffer(self.buffers[name], 0, np.ascontiguousarray(values, np.uint32))
+        for name, fields in bert_plan.params(c, batch, tokens).items():
+            k.set_params(self.params[name], *fields)
+        plan = bert_plan.dispatches(c, batch, tokens)
+        k.run([(self.pipes[p], g, n) for (p, n), g in zip(plan, self._groups, strict=True)])
+        return k.read(self.buffers[bert_plan.OUTPUT], rows * c.hidden).reshape(
+            batch, tokens, c.hidden
+        )
 
 
 class WgpuMold(EncoderMold):

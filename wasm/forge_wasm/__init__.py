@@ -1,8 +1,9 @@
 """FerrousForge inside Pyodide: the Python side of the browser's Pyodide + WGSL Mold.
 
 ``bert`` runs BERT sentence encoders (minilm:l6) on WebGPU through ``from js import
-navigator``, dispatching the server ``wgpu`` backend's own WGSL kernels, which the wheel
-carries byte for byte (``wasm/setup.py`` copies ``kernel/wgsl/*.wgsl`` in at build time).
+navigator``, dispatching the server ``wgpu`` backend's own WGSL kernels by its own dispatch
+plan, which the wheel carries byte for byte (``wasm/setup.py`` copies ``kernel/wgsl/*.wgsl``
+and ``kernel/backends/bert_plan.py`` in at build time).
 Pure Python, standard library only: Pyodide offline has no numpy.
 """
 
