@@ -34,7 +34,7 @@ def test_manifest_from_header(engine: ff.Engine) -> None:
 
 
 def test_load_picks_llama_cpp_on_cpu(engine: ff.Engine) -> None:
-    row = engine.load("tiny")
+    row = engine.load("tiny", device="cpu")  # a CUDA machine's default is cuda:0
     assert (row.backend, row.device, row.context_length) == ("llama_cpp", "cpu", 512)
     assert row.memory > engine.show("tiny").size
 

@@ -109,7 +109,7 @@ class LlamaCppMold:
                     n_ctx=self.context_length,
                     threads=self._opts.threads or os.cpu_count() or 1,
                     gpu_layers=layers if gpu else 0,
-                    main_gpu=int(self.device.split(":")[1]) if gpu else 0,
+                    main_gpu=int(self.device.split(":")[1]) if gpu else -1,
                 )
             )
         except BaseException:

@@ -56,6 +56,9 @@ class LlamaRuntime:
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=gpu_layers,
+            # one device only: llama.cpp's default split spreads layers (and, at 0 layers,
+            # buffers) over every GPU, ignoring main_gpu; -1 keeps a cpu load off all GPUs
+            split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE,
             main_gpu=main_gpu,
             verbose=False,
         )
