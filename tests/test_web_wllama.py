@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from .webharness import chromium, engine_server, need
@@ -35,6 +36,13 @@ def chat() -> Iterator[dict[str, Any]]:
     with engine_server(home) as server, chromium(server.url) as page:
         got = page.run(CHAT, {"question": QUESTION})
         got["foreign"] = page.foreign()
+        body = {
+            "model": "smollm2:135m",
+            "messages": [{"role": "user", "content": QUESTION}],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        got["server"] = httpx.post(server.url + "/api/chat", json=body, timeout=120).json()
         yield got
 
 
@@ -47,6 +55,11 @@ def test_streams_a_greedy_answer(chat: dict[str, Any]) -> None:
     assert len(pieces) > 1 and "".join(pieces) == first["text"]
     assert first["tokens"] >= len(pieces) and first["tokensPerSecond"] > 0
     assert first["promptTokens"] > 20 and first["promptCached"] == 0  # the chat template's
+
+
+def test_the_page_tokenizes_the_chat_as_the_server_does(chat: dict[str, Any]) -> None:
+    # wllama has no tokenize call; both render the GGUF's chat template and count its tokens
+    assert chat["first"]["promptTokens"] == chat["server"]["prompt_eval_count"]
 
 
 def test_two_threads_when_cross_origin_isolated(chat: dict[str, Any]) -> None:

@@ -72,16 +72,22 @@ export function meanPool(hidden, rows, width, dims) {
 }
 
 /** Embed `texts` by slices of similar length (as the server does), calling
- *  `hidden(rows) -> Float32Array (rows, width, dims)` once per slice. */
-export async function embedSorted(ids, sliceRows, dims, hidden) {
+ *  `hidden(rows, width) -> Float32Array (rows, width, dims)` once per slice. A slice takes
+ *  at most `sliceRows` texts and, when `tokenBudget` is set, at most that many padded tokens
+ *  (so short texts go in big slices and long ones in small). */
+export async function embedSorted(ids, sliceRows, dims, hidden, { tokenBudget = Infinity } = {}) {
   const order = ids.map((_, i) => i).sort((a, b) => ids[a].length - ids[b].length);
   const out = new Array(ids.length);
-  for (let start = 0; start < order.length; start += sliceRows) {
-    const picked = order.slice(start, start + sliceRows);
+  let start = 0;
+  while (start < order.length) {
+    let end = start + 1; // sorted: the last row of a slice is its widest
+    while (end < order.length && end - start < sliceRows && (end - start + 1) * ids[order[end]].length <= tokenBudget) end++;
+    const picked = order.slice(start, end);
     const rows = picked.map((i) => ids[i]);
     const width = Math.max(1, ...rows.map((r) => r.length));
     const vectors = meanPool(await hidden(rows, width), rows, width, dims);
     picked.forEach((i, k) => (out[i] = vectors[k]));
+    start = end;
   }
   return out;
 }

@@ -4,7 +4,11 @@ import { fetchBytes } from "../fetch.js";
 import { EncoderTokenizer, embedSorted, pad } from "../tokenizer.js";
 
 const VENDOR = new URL("../vendor/ort/", import.meta.url);
-const SLICE_ROWS = 8; // texts per run, sorted by length, as the server's encoders
+// Texts run sorted by length, in slices of at most 32 texts and 96 padded tokens: ORT-web's
+// wasm kernels cost about the same per token at any batch size here, so less padding wins
+// (bench/browser.py measured these against fixed slices of 8 and a whole padded batch).
+const SLICE_ROWS = 32;
+const TOKEN_BUDGET = 96;
 
 async function runtime(target, threads) {
   const ort = await import(new URL(target === "webgpu" ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs", VENDOR).href);
@@ -50,7 +54,7 @@ export async function open(entry, { target, base, threads, onBytes, digest, adap
     tokenize: (texts) => tokenizer.encode(texts),
     async embed(texts) {
       const ids = tokenizer.encode(texts);
-      return { ids, embeddings: await embedSorted(ids, SLICE_ROWS, dims, hidden) };
+      return { ids, embeddings: await embedSorted(ids, SLICE_ROWS, dims, hidden, { tokenBudget: TOKEN_BUDGET }) };
     },
     async close() {
       await session.release();
