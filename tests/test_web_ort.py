@@ -64,6 +64,9 @@ def check(page: Page, target: str, ids: list[list[int]], reference: Any) -> dict
 def test_wasm_matches_the_server_with_two_threads(server: Any) -> None:
     url, ids, reference = server
     with chromium(url, webgpu=False) as page:
+        both = "forge.load('minilm:l6', {target: 'wasm'})"
+        page.run(f"await Promise.all([{both}, {both}])")  # one load; the second waits for it
+        assert sum(u.endswith("/model.onnx") for u in page.requests) == 1
         got = check(page, "wasm", ids, reference)
         assert len(got["ids"][-1]) == 256 and got["ids"][-1][-1] == 102  # cut, ends in [SEP]
         # the runtime's own report, after it set itself up: ORT drops to 1 thread unless the

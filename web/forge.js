@@ -12,6 +12,7 @@ import { fetchJson, headers } from "./fetch.js";
 const BASE = new URL(".", import.meta.url);
 const RUNTIMES = { ort: "./runtimes/ort.js", pyodide: "./runtimes/pyodide.js", wllama: "./runtimes/wllama.js" };
 const loaded = new Map(); // model name -> handle
+const loading = new Map(); // model name -> the load in flight
 let catalog = null;
 
 /** Settings for this page: `apiKey` when the engine requires one (forge serve --api-key). */
@@ -111,7 +112,19 @@ async function resolve(model, runtime) {
  * total, percent}). Returns the handle's info: {name, runtime, target, why, backend, device,
  * threads, loadMs}.
  */
-export async function load(model, { target = "auto", runtime, threads, onProgress = () => {} } = {}) {
+export async function load(model, options = {}) {
+  // one load per model at a time: a second call while one runs waits for it, then decides
+  const previous = loading.get(model) ?? Promise.resolve();
+  const next = previous.catch(() => {}).then(() => loadNow(model, options));
+  loading.set(model, next);
+  try {
+    return await next;
+  } finally {
+    if (loading.get(model) === next) loading.delete(model);
+  }
+}
+
+async function loadNow(model, { target = "auto", runtime, threads, onProgress = () => {} }) {
   const current = loaded.get(model);
   if (current && (target === "auto" || current.target === target) && (!runtime || current.runtime === runtime)) {
     return info(model);
