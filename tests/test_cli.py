@@ -28,6 +28,7 @@ COMMANDS = [
     "devices",
     "embed",
     "hash-key",
+    "web",
 ]
 
 
@@ -242,3 +243,30 @@ def test_pull_killed_halfway_resumes(
     assert manifest["sha256"] == digest
     assert Path(manifest["path"]).read_bytes() == data
     assert not [p for p in partial.glob("*") if p.is_file()]
+
+
+def test_web_serves_the_page_with_isolation_headers(env: dict[str, str]) -> None:
+    import httpx
+
+    from .labharness import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "ferrousforge", "web", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/web/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.2)
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        assert r.headers["cross-origin-embedder-policy"] == "require-corp"
+        models = httpx.get(f"http://127.0.0.1:{port}/web/models.json").json()
+        assert models == {"models": []}  # an empty store
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/web/" in out
