@@ -1,8 +1,8 @@
-"""The demo page (web/index.html, demo.js) driven like a user in Chromium with WebGPU off:
+"""The demo page (web/index.html, web/demo/) driven like a user in Chromium with WebGPU off:
 auto falls back to WASM and the page says why, the similarity heatmap follows the typed
 sentences and its vectors match the engine's, and smollm2:135m streams a chat answer through
 wllama. Both tests share one page (the second picks another model in it), and no request may
-leave the origin. The element hooks are listed at the top of web/demo.js."""
+leave the origin. The element hooks are listed at the top of web/demo/main.js."""
 
 from __future__ import annotations
 
