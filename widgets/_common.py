@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anywidget
@@ -19,6 +20,12 @@ from ..answer import Answer, OnToken, one_line, same_model, stream_answer
 from ..errors import ForgeError
 
 log = logging.getLogger(__name__)
+_HERE = Path(__file__).parent
+
+
+def module(name: str) -> str:
+    """The ES module ``name`` of this folder, after ``_dom.js`` (the helpers all share)."""
+    return (_HERE / "_dom.js").read_text() + "\n" + (_HERE / name).read_text()
 
 
 def resolve_engine(engine: Any) -> Any:

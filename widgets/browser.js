@@ -8,17 +8,8 @@
 // draw what the runner reports. The root carries data-state (loading, ready, running, done,
 // error) and, after a load, data-target and data-backend.
 
-const DASH = "–";
 const RUNNERS = (globalThis[Symbol.for("ferrousforge.browser")] ??= new Map()); // _key -> Runner
 
-function h(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
-
-const ms = (v) => (v == null ? DASH : `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`);
 const mib = (v) => `${(v / 2 ** 20).toFixed(1)} MiB`;
 const oneLine = (e) => String(e?.message ?? e).replace(/\s+/g, " ").trim() || "unknown error";
 

@@ -31,7 +31,7 @@ from typing import Any
 import traitlets as t
 
 from ..errors import ForgeError
-from ._common import ForgeWidget, one_line
+from ._common import ForgeWidget, module, one_line
 
 _HERE = Path(__file__).parent
 TARGETS = ("auto", "wasm", "webgpu")
@@ -98,7 +98,7 @@ class BrowserFuture(Future[BrowserResult]):
 class BrowserMold(ForgeWidget):
     """Run a browser Mold (``web/forge.js``) in this notebook's tab; results come back here."""
 
-    _esm = _HERE / "browser.js"
+    _esm = module("browser.js")
     _css = _HERE / "browser.css"
 
     model = t.Unicode("").tag(sync=True)

@@ -4,18 +4,6 @@
 // data-sent-ms (Send clicked) and data-first-token-ms (the frame that painted the first
 // token of the turn), both performance.now().
 
-const DASH = "–";
-
-function h(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
-
-const ms = (v) => (v == null ? DASH : `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`);
-const tps = (v) => (v == null ? DASH : `${v.toFixed(1)} tok/s`);
-
 function render({ model, el }) {
   const root = h("div", "ff-chat");
   const head = h("div", "ff-chat-head");

@@ -14,7 +14,15 @@ from typing import Any
 
 import traitlets as t
 
-from ._common import Answer, Busy, ForgeWidget, resolve_engine, start_thread, stream_answer
+from ._common import (
+    Answer,
+    Busy,
+    ForgeWidget,
+    module,
+    resolve_engine,
+    start_thread,
+    stream_answer,
+)
 
 _HERE = Path(__file__).parent
 
@@ -22,7 +30,7 @@ _HERE = Path(__file__).parent
 class Chat(ForgeWidget):
     """A conversation with one model; the history lives here, in ``messages``."""
 
-    _esm = _HERE / "chat.js"
+    _esm = module("chat.js")
     _css = _HERE / "chat.css"
 
     model = t.Unicode("").tag(sync=True)

@@ -4,7 +4,6 @@
 // For benchmarks, the root and each pane carry data-first-token-ms: performance.now() in
 // the frame that first painted a token; the root's data-run-ms is when Run was clicked.
 
-const DASH = "–";
 const FIELDS = [
   ["ttft", "first token"],
   ["tps", "speed"],
@@ -14,20 +13,12 @@ const FIELDS = [
 ];
 
 const fmt = {
-  ms: (v) => (v == null ? DASH : `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`),
-  tps: (v) => (v == null ? DASH : `${v.toFixed(1)} tok/s`),
+  ms,
+  tps,
   int: (v) => (v == null ? DASH : String(v)),
-  bytes: (v) =>
-    !v ? DASH : v >= 2 ** 30 ? `${(v / 2 ** 30).toFixed(2)} GiB` : `${(v / 2 ** 20).toFixed(1)} MiB`,
+  bytes,
   where: (a) => (a.backend ? `${a.backend} · ${a.device}` : DASH),
 };
-
-function h(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
 
 function render({ model, el }) {
   const root = h("div", "ff-compare");

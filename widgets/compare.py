@@ -23,6 +23,7 @@ from ._common import (
     Answer,
     Busy,
     ForgeWidget,
+    module,
     one_line,
     resolve_engine,
     start_thread,
@@ -47,7 +48,7 @@ class CompareResult:
 class Compare(ForgeWidget):
     """Run one prompt on several models at once, each streaming into its own pane."""
 
-    _esm = _HERE / "compare.js"
+    _esm = module("compare.js")
     _css = _HERE / "compare.css"
 
     models = t.List(t.Unicode()).tag(sync=True)  # one pane per entry

@@ -2,21 +2,7 @@
 // Only the narrow anywidget `model` (get/on/off/send) is used. Every action message names
 // the model or spec it acts on. Keep-alive countdowns tick here, from each row's expires_at.
 
-const DASH = "–";
 const COLUMNS = ["model", "format", "size", "loaded on", "memory", "keep-alive", ""];
-
-function h(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
-
-function bytes(v) {
-  if (!v) return DASH;
-  if (v >= 2 ** 30) return `${(v / 2 ** 30).toFixed(2)} GiB`;
-  return `${(v / 2 ** 20).toFixed(1)} MiB`;
-}
 
 function keepAlive(row) {
   if (!row.loaded) return DASH;

@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 import traitlets as t
 
 from ..progress import Progress
-from ._common import ForgeWidget, one_line, resolve_engine, same_model, start_thread
+from ._common import (
+    ForgeWidget,
+    module,
+    one_line,
+    resolve_engine,
+    same_model,
+    start_thread,
+)
 
 _HERE = Path(__file__).parent
 T = TypeVar("T")
@@ -29,7 +36,7 @@ T = TypeVar("T")
 class Models(ForgeWidget):
     """Every model in the store (and any loaded one gone from it), one row each."""
 
-    _esm = _HERE / "models.js"
+    _esm = module("models.js")
     _css = _HERE / "models.css"
 
     rows = t.List(t.Dict()).tag(sync=True)
