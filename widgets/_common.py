@@ -28,6 +28,13 @@ def module(name: str) -> str:
     return (_HERE / "_dom.js").read_text() + "\n" + (_HERE / name).read_text()
 
 
+def style(name: str) -> str:
+    """The CSS file ``name`` of this folder, after ``_base.css``: the roots' shared rule,
+    scoped to this widget's root (``.ff-chat`` for ``chat.css``)."""
+    base = (_HERE / "_base.css").read_text().replace(".ff-root", f".ff-{Path(name).stem}")
+    return base + "\n" + (_HERE / name).read_text()
+
+
 def resolve_engine(engine: Any) -> Any:
     """``engine``, or the kernel's shared one (``ferrousforge.notebook.shared()``)."""
     if engine is not None:

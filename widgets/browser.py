@@ -25,15 +25,13 @@ from array import array
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import traitlets as t
 
 from ..errors import ForgeError
-from ._common import ForgeWidget, module, one_line
+from ._common import ForgeWidget, module, one_line, style
 
-_HERE = Path(__file__).parent
 TARGETS = ("auto", "wasm", "webgpu")
 
 
@@ -99,7 +97,7 @@ class BrowserMold(ForgeWidget):
     """Run a browser Mold (``web/forge.js``) in this notebook's tab; results come back here."""
 
     _esm = module("browser.js")
-    _css = _HERE / "browser.css"
+    _css = style("browser.css")
 
     model = t.Unicode("").tag(sync=True)
     target = t.Enum(TARGETS, "auto").tag(sync=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import traitlets as t
@@ -22,16 +21,15 @@ from ._common import (
     resolve_engine,
     start_thread,
     stream_answer,
+    style,
 )
-
-_HERE = Path(__file__).parent
 
 
 class Chat(ForgeWidget):
     """A conversation with one model; the history lives here, in ``messages``."""
 
     _esm = module("chat.js")
-    _css = _HERE / "chat.css"
+    _css = style("chat.css")
 
     model = t.Unicode("").tag(sync=True)
     messages = t.List(t.Dict()).tag(sync=True)  # {"role", "content"}, without the system

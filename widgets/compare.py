@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import traitlets as t
@@ -28,10 +27,9 @@ from ._common import (
     resolve_engine,
     start_thread,
     stream_answer,
+    style,
 )
 from .similarity import similarity
-
-_HERE = Path(__file__).parent
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Compare(ForgeWidget):
     """Run one prompt on several models at once, each streaming into its own pane."""
 
     _esm = module("compare.js")
-    _css = _HERE / "compare.css"
+    _css = style("compare.css")
 
     models = t.List(t.Unicode()).tag(sync=True)  # one pane per entry
     choices = t.List(t.Unicode()).tag(sync=True)  # what the pickers offer

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import traitlets as t
@@ -27,9 +26,9 @@ from ._common import (
     resolve_engine,
     same_model,
     start_thread,
+    style,
 )
 
-_HERE = Path(__file__).parent
 T = TypeVar("T")
 
 
@@ -37,7 +36,7 @@ class Models(ForgeWidget):
     """Every model in the store (and any loaded one gone from it), one row each."""
 
     _esm = module("models.js")
-    _css = _HERE / "models.css"
+    _css = style("models.css")
 
     rows = t.List(t.Dict()).tag(sync=True)
     pulls = t.Dict().tag(sync=True)  # spec -> {"status", "total", "completed"} while pulling
