@@ -11,21 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from ferrousforge.backends.encoders import TextTokenizer
 from ferrousforge.store.store import Store
 
 from .vectors import assert_matches, cosine
-from .webharness import Page, chromium, engine_server, need
+from .webharness import LONG, SENTENCES, Page, chromium, engine_server, need, server_ids
 
 pytestmark = pytest.mark.slow
 
-TEXTS = [
-    "a cat sits on the mat",
-    "a kitten is sitting on a rug",
-    "the stock market fell sharply today",
-    "Crème brûlée, 東京 and emoji 🚀 tokenise too",
-    "long " * 300,  # past max_length (256): cut, keeping the final [SEP]
-]
+TEXTS = [*SENTENCES, LONG]
 EMBED = """
   const info = await forge.load('minilm:l6', {target: arg.target});
   const out = await forge.embed('minilm:l6', arg.texts);
@@ -37,12 +30,7 @@ EMBED = """
 def server() -> Iterator[tuple[str, list[list[int]], list[list[float]]]]:
     """The engine's URL, its token ids for TEXTS and its embeddings of them."""
     home = need("minilm:l6", "minilm:l6-onnx")
-    folder = Store(home).get("minilm:l6-onnx").file
-    batch = TextTokenizer(folder).encode(TEXTS)
-    ids = [
-        [int(i) for i, m in zip(row, mask, strict=True) if m]
-        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
-    ]
+    ids = server_ids(Store(home).get("minilm:l6-onnx").file, TEXTS)
     with engine_server(home) as srv:
         body = {"model": "minilm:l6", "input": TEXTS}
         vectors = httpx.post(srv.url + "/api/embed", json=body, timeout=120).json()["embeddings"]
@@ -50,7 +38,9 @@ def server() -> Iterator[tuple[str, list[list[int]], list[list[float]]]]:
 
 
 def check(page: Page, target: str, ids: list[list[int]], reference: Any) -> dict[str, Any]:
-    count = len(TEXTS) if target == "wasm" else 4  # SwiftShader: 256 tokens take minutes
+    count = (
+        len(TEXTS) if target == "wasm" else len(SENTENCES)
+    )  # SwiftShader: 256 tokens take minutes
     got = page.run(EMBED, {"target": target, "texts": TEXTS[:count]})
     assert got["ids"] == ids[:count]
     assert_matches(reference[:count], got["embeddings"], 1e-4)

@@ -11,21 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ferrousforge.backends.encoders import TextTokenizer
 from ferrousforge.store.store import Store
 
 from .vectors import cosine
-from .webharness import chromium, engine_server, need
+from .webharness import LONG, SENTENCES, chromium, engine_server, need, server_ids
 
 pytestmark = pytest.mark.slow
 
-TEXTS = [
-    "a cat sits on the mat",
-    "a kitten is sitting on a rug",
-    "the stock market fell sharply today",
-    "Crème brûlée, 東京 and emoji 🚀 tokenise too",
-]
-LONG = "long " * 300  # past max_length (256): cut, keeping the final [SEP]
 SCRIPT = """
   let error = null;
   try {
@@ -42,20 +34,12 @@ SCRIPT = """
 """
 
 
-def server_ids(tokenizer: TextTokenizer, texts: list[str]) -> list[list[int]]:
-    batch = tokenizer.encode(texts)
-    return [
-        [int(i) for i, m in zip(row, mask, strict=True) if m]
-        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
-    ]
-
-
 def test_pyodide_webgpu_matches_the_server() -> None:
     home = need("minilm:l6")
-    tokenizer = TextTokenizer(Store(home).get("minilm:l6").file)
+    folder = Store(home).get("minilm:l6").file
     with engine_server(home) as server, chromium(server.url) as page:
-        got: dict[str, Any] = page.run(SCRIPT, {"texts": TEXTS, "long": LONG})
-        body = {"model": "minilm:l6", "input": TEXTS}
+        got: dict[str, Any] = page.run(SCRIPT, {"texts": SENTENCES, "long": LONG})
+        body = {"model": "minilm:l6", "input": SENTENCES}
         reference = httpx.post(server.url + "/api/embed", json=body, timeout=120).json()
         assert page.foreign() == [], page.foreign()  # Pyodide, micropip, wheel: all local
     assert got["error"] == "the Pyodide Mold runs on WebGPU only, not wasm"
@@ -64,9 +48,9 @@ def test_pyodide_webgpu_matches_the_server() -> None:
     assert (info["runtime"], info["target"], info["model"]) == ("pyodide", "webgpu", "minilm:l6")
     assert info["backend"].startswith("Pyodide ") and "WGSL" in info["backend"]
     assert info["device"].startswith("WebGPU: ") and "swiftshader" in info["device"]
-    assert got["ids"] == server_ids(tokenizer, TEXTS)
+    assert got["ids"] == server_ids(folder, SENTENCES)
     (long,) = got["long"]
-    assert long == server_ids(tokenizer, [LONG])[0] and len(long) == 256 and long[-1] == 102
+    assert long == server_ids(folder, [LONG])[0] and len(long) == 256 and long[-1] == 102
     similarities = [
         cosine(a, b) for a, b in zip(reference["embeddings"], got["embeddings"], strict=True)
     ]

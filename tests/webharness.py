@@ -28,6 +28,25 @@ QUIET = [
     "--disable-quic",
 ]
 WEBGPU = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"]
+# Sentences the browser encoders must embed and tokenize as the server does.
+SENTENCES = [
+    "a cat sits on the mat",
+    "a kitten is sitting on a rug",
+    "the stock market fell sharply today",
+    "Crème brûlée, 東京 and emoji 🚀 tokenise too",
+]
+LONG = "long " * 300  # past max_length (256): cut, keeping the final [SEP]
+
+
+def server_ids(folder: Path, texts: list[str]) -> list[list[int]]:
+    """The token ids the server's encoders feed the model for ``texts`` (padding dropped)."""
+    from ferrousforge.backends.encoders import TextTokenizer
+
+    batch = TextTokenizer(folder).encode(texts)
+    return [
+        [int(i) for i, m in zip(row, mask, strict=True) if m]
+        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+    ]
 
 
 def test_home() -> Path:
