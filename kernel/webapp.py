@@ -7,6 +7,7 @@ as a static folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -15,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from .errors import ConfigError, ModelNotFound, NotFound
+from .errors import ConfigError, InvalidModelName, ModelNotFound, NotFound
 from .progress import Progress, ProgressCallback, ignore
 from .store.manifest import Manifest
 from .store.store import Store
@@ -133,9 +134,13 @@ def _static(path: Path) -> Response:
     return FileResponse(path, media_type=media, headers=ISOLATION)
 
 
-def _inside(base: Path, relative: str) -> Path | None:
+def _app_file(relative: str) -> Path | None:
+    """The app's file at ``relative``, or None outside the app, missing, or not served."""
+    base = root().resolve()
     target = (base / relative).resolve()
-    return target if target.is_relative_to(base.resolve()) and target.is_file() else None
+    if not (target.is_relative_to(base) and target.is_file()):
+        return None
+    return None if _SKIP & set(target.relative_to(base).parts) else target
 
 
 def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter:
@@ -154,27 +159,27 @@ def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter
     @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def model_file(rest: str) -> Response:
         folder, _, name = rest.rpartition("/")
-        for model in browser_models(store()):
-            if model.base == f"models/{folder}/" and name in model.sources:
-                return _static(model.sources[name])
-        raise ModelNotFound(f"no browser model file {rest!r}: see /web/models.json")
+        family, _, tag = folder.rpartition("/")  # base is models/<name with ':' as '/'>/
+        models, model = store(), None
+        with contextlib.suppress(InvalidModelName):  # not a name: no such file either
+            if family and models.exists(f"{family}:{tag}"):
+                model = browser_model(models.get(f"{family}:{tag}"))
+        if model is None or model.base != f"models/{folder}/" or name not in model.sources:
+            raise ModelNotFound(f"no browser model file {rest!r}: see /web/models.json")
+        return _static(model.sources[name])
 
     @web.api_route("/{rest:path}", methods=["GET", "HEAD"])
-    async def static(rest: str, request: Request) -> Response:
-        found = _inside(root(), rest or "index.html")
-        if found is None or found.name in _SKIP or "__pycache__" in found.parts:
+    async def static(rest: str) -> Response:
+        found = _app_file(rest or "index.html")
+        if found is None:
             raise NotFound(f"no such file in the web app: /web/{rest}")
         return _static(found)
 
     return web
 
 
-HEADERS_FILE = """\
-/*
-  Cross-Origin-Opener-Policy: same-origin
-  Cross-Origin-Embedder-Policy: require-corp
-  Cross-Origin-Resource-Policy: same-origin
-"""
+# Netlify's and Cloudflare Pages' format: the same headers on every path.
+HEADERS_FILE = "/*\n" + "".join(f"  {key}: {value}\n" for key, value in ISOLATION.items())
 
 
 def _app_files() -> Iterator[tuple[Path, str]]:
@@ -198,11 +203,12 @@ def export(
     every = {m.name: m for m in browser_models(store)}
     chosen = []
     for name in names or list(every):
-        model = every.get(store.get(name).name)
+        manifest = store.get(name)
+        model = every.get(manifest.name)
         if model is None:
-            raise ConfigError(f"{name} has no browser runtime (it is {store.get(name).format})")
+            raise ConfigError(f"{name} has no browser runtime (it is {manifest.format})")
         chosen.append(model)
-    jobs = [(src, rel) for src, rel in _app_files()]
+    jobs = list(_app_files())
     jobs += [(src, m.base + n) for m in chosen for n, src in m.sources.items()]
     total, done = sum(src.stat().st_size for src, _ in jobs), 0
     target.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,8 @@ def test_static_files_carry_isolation_headers_and_media_types(home: Path, web_ro
         "/web/..%2fsecret.txt",
         "/web/models/enc/onnx/notes.txt",  # in the model folder, but not a file runtimes read
         "/web/models/enc/tvm/model.onnx",
+        "/web/models/a%20b/c/model.onnx",  # not a model name at all
+        "/web/models/model.gguf",
         "/web/nothing.js",
     ],
 )
