@@ -72,9 +72,8 @@ function describe(adapter) {
   return [adapter.vendor, adapter.architecture, adapter.description].filter(Boolean).join(" ") || "an adapter";
 }
 
-/** Pick the target for `auto`, saying why. */
-async function choose(target, runtime) {
-  const t = await targets();
+/** Pick the target for `auto` from what targets() found (`t`), saying why. */
+function choose(target, runtime, t) {
   if (target === "webgpu" && !t.webgpu) throw new Error(`target webgpu is not available: ${t.reason}`);
   if (target !== "auto") return { target, why: `${target} was asked for` };
   if (runtime === "pyodide") {
@@ -132,8 +131,8 @@ async function loadNow(model, { target = "auto", runtime, threads, onProgress = 
   if (current) await unload(model);
   const started = performance.now();
   const entry = await resolve(model, runtime);
-  const chosen = entry.runtime === "wllama" && target === "auto" ? { target: "wasm", why: "llama.cpp runs on WASM in the browser" } : await choose(target, entry.runtime);
   const t = await targets();
+  const chosen = entry.runtime === "wllama" && target === "auto" ? { target: "wasm", why: "llama.cpp runs on WASM in the browser" } : choose(target, entry.runtime, t);
   const seen = {};
   const onBytes = (file, done, total) => {
     seen[file] = done;
@@ -187,7 +186,9 @@ export function loadedModels() {
 
 /** Token ids of `texts`, as the server's tokenizer gives them. */
 export async function tokenize(model, texts) {
-  return handleOf(model).mold.tokenize(texts);
+  const h = handleOf(model);
+  if (!h.mold.tokenize) throw new Error(`${model} runs on ${h.runtime}, which has no tokenize call`);
+  return h.mold.tokenize(texts);
 }
 
 /** Sentence embeddings (mean-pooled, L2-normalized) of `texts`: {embeddings, ids, ms}. */

@@ -34,20 +34,18 @@ export class EncoderTokenizer {
 }
 
 /**
- * Rows of `ids` padded to their longest, as flat typed arrays for a runtime:
- * { inputIds, attentionMask, tokenTypeIds, batch, width } (BigInt64Array unless `int32`).
+ * Rows of `ids` padded to their longest, as flat BigInt64Arrays (ONNX int64 inputs):
+ * { inputIds, attentionMask, tokenTypeIds, batch, width }.
  */
-export function pad(rows, { int32 = false } = {}) {
+export function pad(rows) {
   const width = Math.max(1, ...rows.map((r) => r.length));
-  const Array_ = int32 ? Int32Array : BigInt64Array;
-  const one = int32 ? 1 : 1n;
-  const inputIds = new Array_(rows.length * width);
-  const attentionMask = new Array_(rows.length * width);
-  const tokenTypeIds = new Array_(rows.length * width);
+  const inputIds = new BigInt64Array(rows.length * width);
+  const attentionMask = new BigInt64Array(rows.length * width);
+  const tokenTypeIds = new BigInt64Array(rows.length * width);
   rows.forEach((ids, r) => {
     ids.forEach((id, c) => {
-      inputIds[r * width + c] = int32 ? id : BigInt(id);
-      attentionMask[r * width + c] = one;
+      inputIds[r * width + c] = BigInt(id);
+      attentionMask[r * width + c] = 1n;
     });
   });
   return { inputIds, attentionMask, tokenTypeIds, batch: rows.length, width };
