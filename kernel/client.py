@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,8 +83,16 @@ class RemoteEngine:
         return bool(reply.get("done_reason") == "unload")
 
     def pull(self, spec: str, *, progress: ProgressCallback = ignore, **_: Any) -> Manifest:
-        for item in self._lines("POST", "/api/pull", {"model": spec, "stream": True}):
+        """Pull on the server. A local file or folder is sent as its absolute path: the server
+        shares this machine, not this process's working folder."""
+        local = Path(spec).expanduser()
+        path = str(local.resolve()) if local.exists() else None
+        for item in self._lines("POST", "/api/pull", {"model": path or spec, "stream": True}):
             progress(Progress(item.get("status", ""), item.get("total"), item.get("completed")))
+        if path:  # the server names the model after the file: found by where it came from
+            found = [m for m in self.list() if m.source == f"file:{path}"]
+            if found:
+                return max(found, key=lambda m: m.created_at)
         return self.show(spec)
 
     # -- inference -------------------------------------------------------------------

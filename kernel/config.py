@@ -6,6 +6,7 @@ keyword arguments: ``Settings(**cli_overrides)``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -30,8 +31,14 @@ def parse_duration(value: str | float | int | None) -> float | None:
 
     A negative value means "forever" and comes back as -1.
     """
-    if value is None or isinstance(value, int | float):
-        return None if value is None else (-1.0 if value < 0 else float(value))
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"bad duration: {str(value)[:20]}... is too large") from None
+        return -1.0 if number < 0 else number
     text = value.strip()
     try:
         number = float(text)
@@ -52,7 +59,8 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     """Every knob of the engine. Environment variables are ``FORGE_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="FORGE_", extra="ignore")
+    # enable_decoding off: list settings from the environment may be JSON or comma-separated
+    model_config = SettingsConfigDict(env_prefix="FORGE_", extra="ignore", enable_decoding=False)
 
     home: Path = Field(default_factory=default_home)
     keep_alive: float = Field(300.0, description="seconds a model stays loaded after use")
@@ -92,9 +100,83 @@ class Settings(BaseSettings):
     rate_limit_tpm: int | None = Field(None, ge=1, description="tokens/min per client")
     max_body_bytes: int = Field(8 << 20, ge=1, description="larger requests get 413")
     request_timeout: float | None = Field(None, gt=0, description="seconds per request")
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins (scheme://host:port, * wildcards) allowed besides the own",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names accepted besides the loopback ones (on a loopback bind), or the "
+        "only ones accepted (on any other bind, when set)",
+    )
+    send_timeout: float = Field(
+        60.0, gt=0, description="seconds a client may stop reading before its stream is cut"
+    )
+    jwt_leeway: float = Field(0.0, ge=0, description="seconds of clock skew JWTs may have")
     log_format: str = Field("text", pattern="^(text|json)$")
+
+    # -- what /api/pull may reach over HTTP (the CLI and in-process engines are not bound) --
+    pull_paths: list[Path] = Field(
+        default_factory=list, description="folders whose files /api/pull may register"
+    )
+    pull_hosts: list[str] = Field(
+        default_factory=list,
+        description="when set, the only hosts (names, IPs, CIDRs) URL pulls may reach",
+    )
+    pull_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="loopback/private/link-local hosts or CIDRs URL pulls may still reach",
+    )
+    pull_max_bytes: int = Field(256 << 30, ge=1, description="largest file a URL pull takes")
+    max_pulls: int = Field(2, ge=1, description="pulls running at once; more wait their turn")
+    partial_max_age: float = Field(
+        7 * 86400.0, gt=0, description="seconds before an abandoned partial download is removed"
+    )
+
+    # -- request limits: a field over one is a 400 that names the setting --
+    max_embed_inputs: int = Field(2048, ge=1, description="texts in one embedding request")
+    max_embed_tokens: int = Field(300_000, ge=1, description="tokens in one embedding request")
+    max_stops: int = Field(16, ge=0, description="stop sequences in one request")
+    max_stop_length: int = Field(256, ge=1, description="characters in one stop sequence")
+    max_template_length: int = Field(32_768, ge=1, description="characters in a template")
+    max_schema_depth: int = Field(32, ge=1, description="nesting of a format schema")
+    max_schema_nodes: int = Field(2000, ge=1, description="values in a format schema")
+    max_schema_repeat: int = Field(
+        1000, ge=1, description="maxLength/maxItems/... and {n,m} bounds in a format schema"
+    )
+    max_grammar_bytes: int = Field(256 << 10, ge=1, description="size of a format's grammar")
+    max_num_ctx: int = Field(131_072, ge=16, description="largest num_ctx a request may ask")
+    max_num_predict: int = Field(131_072, ge=1, description="largest num_predict/max_tokens")
+    max_keep_alive: float = Field(
+        10 * 365 * 86400.0, gt=0, description="longest finite keep_alive, in seconds"
+    )
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector, e.g. :4318")
+
+    @field_validator(
+        "pull_sources",
+        "pip_args",
+        "preload",
+        "api_keys",
+        "jwt_algorithms",
+        "cors_origins",
+        "allowed_hosts",
+        "pull_paths",
+        "pull_hosts",
+        "pull_private_hosts",
+        mode="before",
+    )
+    @classmethod
+    def _list(cls, v: Any) -> Any:
+        """``FORGE_API_KEYS=a,b`` or ``'["a", "b"]'``: either form from the environment."""
+        if not isinstance(v, str):
+            return v
+        text = v.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("not a JSON list") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -139,11 +139,8 @@ def _register(
         ]
         digest = folder_digest(files)
         blob = store.blobs / f"sha256-{digest}"
-        store.blobs.mkdir(parents=True, exist_ok=True)
         if blob.exists():  # converted before: same bytes, keep the old folder
             shutil.rmtree(staging)
-        else:
-            os.replace(staging, blob)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -161,7 +158,10 @@ def _register(
         metadata=metadata,
         parent=src.name,
     )
-    store.save(manifest)
+    if staging.exists():
+        store.commit(staging, blob, manifest)
+    else:
+        store.save(manifest)
     progress(Progress("success"))
     return manifest
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -19,11 +22,12 @@ import psutil
 from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
-from .errors import ModelNotFound, UnsupportedTask
+from .errors import Conflict, Interrupted, ModelNotFound, QueueFull, UnsupportedTask
 from .hooks import Hooks, InferenceEvent, ModelEvent, current_client, current_request_id
+from .limits import Limits
 from .mold import Device, LoadOptions, Mold
-from .progress import ProgressCallback, ignore
-from .runstate import RunState
+from .progress import Progress, ProgressCallback, ignore
+from .runstate import RunState, read_all
 from .scheduler import Lease, Runner, Scheduler
 from .schema import (
     ChatRequest,
@@ -35,9 +39,12 @@ from .schema import (
     Message,
     Request,
     Result,
+    Stats,
+    collect,
 )
 from .store.manifest import Manifest
 from .store.names import parse_name
+from .store.policy import PullPolicy
 from .store.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,8 +79,21 @@ class AsyncEngine:
     ) -> None:
         s = self.settings = settings or load_settings()
         self.hooks = Hooks.discover() if hooks is None else hooks
+        self.limits = Limits.of(s)
         self.store = store or Store(
-            s.home, pip_args=s.pip_args, hf_endpoint=s.hf_endpoint, sources=s.pull_sources
+            s.home,
+            pip_args=s.pip_args,
+            hf_endpoint=s.hf_endpoint,
+            sources=s.pull_sources,
+            policy=PullPolicy.from_settings(s, trusted=True),
+            partial_max_age=s.partial_max_age,
+        )
+        self._held: dict[str, Manifest] = {}  # the manifest each loaded model came from
+        # A blob stays while a model made from it is loaded, here or in another process
+        # on this home (each publishes its loaded models' paths in run/<pid>.json).
+        self.store.in_use = lambda: (
+            {m.path for m in self._held.values()}
+            | {str(row.get("path")) for row in read_all(self.store.home)}
         )
         self.backends = backends or Backends.discover()
         self.scheduler = Scheduler(
@@ -87,12 +107,23 @@ class AsyncEngine:
             memory_probe=memory_probe or (lambda: psutil.virtual_memory().available),
             clock=clock,
             on_load=lambda r: self.hooks.model_loaded(_model_event(r)),
-            on_unload=lambda r: self.hooks.model_unloaded(_model_event(r, loaded=False)),
+            on_unload=self._unloaded,
         )
         self._opts: dict[str, LoadOptions] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._runstate = RunState(s.home)
         self.generated_tokens = 0  # live, across all models: what /metrics reports
+        # Blocking work gets threads of its own, so a slow download never holds the ones
+        # unloads and device probes need (the default executor is shared and small).
+        self._pulls = ThreadPoolExecutor(s.max_pulls, thread_name_prefix="forge-pull")
+        self._probes = ThreadPoolExecutor(1, thread_name_prefix="forge-probe")
+        self._pulls_waiting = 0
+
+    def _unloaded(self, r: Runner) -> None:
+        self.hooks.model_unloaded(_model_event(r, loaded=False))
+        if (manifest := self._held.pop(r.key, None)) is not None:
+            self._publish()  # no longer holding it, then:
+            self.store.collect(manifest.path)  # a blob its manifest's removal left behind
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -104,7 +135,11 @@ class AsyncEngine:
             num_ctx=s.num_ctx,
             threads=s.threads,
             cache_dir=self.store.home / "cache",
-            extra={"onnx_optimization": s.onnx_optimization, "onnx_io_binding": s.onnx_io_binding},
+            extra={
+                "onnx_optimization": s.onnx_optimization,
+                "onnx_io_binding": s.onnx_io_binding,
+                "max_grammar_bytes": s.max_grammar_bytes,
+            },
         )
 
     def _completed(self, opts: LoadOptions) -> LoadOptions:
@@ -125,12 +160,25 @@ class AsyncEngine:
     ) -> AsyncIterator[Lease]:
         manifest = self.store.get(model) if isinstance(model, str) else model
         key = str(parse_name(manifest.name))
+        seconds = self.keep_alive_seconds(keep_alive)
         opts = self._completed(load or self._opts.get(key) or self._default_opts())
-        if options is not None and options.num_ctx:
-            opts = replace(opts, num_ctx=options.num_ctx)
-        loaded = self.scheduler.runners.get(key)
-        if loaded is not None and self._opts.get(key) != opts and loaded.refs == 0:
+        num_ctx = options.num_ctx if options is not None else None
+        runner = self.scheduler.runners.get(key)
+        if runner is None:
+            opts = replace(opts, num_ctx=num_ctx or opts.num_ctx)
+        elif load is not None and self._opts.get(key) != opts and runner.refs == 0:
             await self.scheduler.unload(key)  # asked for other load options: reload
+        elif num_ctx and _grows(manifest, runner.mold.context_length, num_ctx):
+            # A smaller num_ctx is served by the loaded context (the runtime holds the
+            # request to it); a larger one reloads only a model nobody is using.
+            if runner.refs:
+                raise Conflict(
+                    f"{key} is loaded with a context of {runner.mold.context_length} tokens "
+                    f"and in use; ask for num_ctx <= {runner.mold.context_length}, or retry "
+                    "when it is idle"
+                )
+            opts = replace(opts, num_ctx=num_ctx)
+            await self.scheduler.unload(key)
         self._start_reaper()
 
         async def factory() -> Mold:
@@ -138,13 +186,20 @@ class AsyncEngine:
             return backend.open(manifest, device, opts)
 
         async with self.scheduler.acquire(
-            key, factory, keep_alive=parse_duration(keep_alive), priority=priority
+            key, factory, keep_alive=seconds, priority=priority
         ) as lease:
             if lease.load_duration or key not in self._opts:  # remember what is loaded
                 self._opts[key] = opts
+            self._held.setdefault(key, manifest)
             self._publish()
             yield lease
         self._publish()
+
+    def keep_alive_seconds(self, keep_alive: KeepAlive) -> float | None:
+        """``keep_alive`` in seconds (-1: forever), within ``max_keep_alive`` (else a 400)."""
+        seconds = parse_duration(keep_alive)
+        self.limits.keep_alive(seconds)
+        return seconds
 
     def _start_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
@@ -152,7 +207,11 @@ class AsyncEngine:
             self._reaper = asyncio.get_running_loop().create_task(reaper)
 
     def _publish(self) -> None:
-        self._runstate.publish([asdict(m) for m in self.ps()])
+        rows = [asdict(m) for m in self.ps()]
+        for row in rows:
+            if (held := self._held.get(row["name"])) is not None:
+                row["path"] = held.path
+        self._runstate.publish(rows)
 
     async def load(
         self,
@@ -188,6 +247,11 @@ class AsyncEngine:
         self._publish()
         return found
 
+    def loaded_manifest(self, model: str) -> Manifest:
+        """The manifest a loaded model came from, even once removed from the store."""
+        held = self._held.get(str(parse_name(model)))
+        return held if held is not None else self.store.get(model)
+
     def ps(self) -> list[LoadedModel]:
         return [
             LoadedModel(
@@ -214,6 +278,8 @@ class AsyncEngine:
                 await self._reaper
         await self.scheduler.close()
         self._runstate.publish([])
+        self._pulls.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)
 
     # -- inference -------------------------------------------------------------------
 
@@ -230,12 +296,15 @@ class AsyncEngine:
         start = time.perf_counter_ns()
         manifest, task, event = self._prepare(model, req)
         first, last, error = 0, Chunk(), None
+        prompt = seen = 0
         async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
             _require(lease.mold, task)
             self.hooks.inference_started(event)
-            seen = 0
             try:
                 async for last in lease.mold.infer_stream(req):
+                    if not (last.text or last.done):  # a progress report: the prompt's size
+                        prompt = last.stats.prompt_eval_count if last.stats else prompt
+                        continue
                     if last.text:
                         first = first or time.perf_counter_ns() - start
                         seen += 1
@@ -249,7 +318,11 @@ class AsyncEngine:
                 error = _why(e)
                 raise
             finally:
-                end = replace(event, stats=last.stats, first_token_ns=first, error=error)
+                # Cut short (a disconnect, a timeout): what was used so far still counts.
+                stats = (
+                    last.stats if last.done else Stats(prompt_eval_count=prompt, eval_count=seen)
+                )
+                end = replace(event, stats=stats, first_token_ns=first, error=error)
                 self.hooks.inference_ended(end)
 
     async def complete(
@@ -261,9 +334,11 @@ class AsyncEngine:
         load: LoadOptions | None = None,
         priority: int = 0,
     ) -> Result:
-        """The whole answer at once: the runtime hands it over in one piece, not per token."""
-        manifest, task, event = self._prepare(model, req)
-        return await self._once(manifest, req, task, event, keep_alive, load, priority)
+        """The whole answer at once (the stream, collected: a timeout still counts the
+        tokens made before it)."""
+        return await collect(
+            self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
+        )
 
     async def _once(
         self,
@@ -296,6 +371,10 @@ class AsyncEngine:
         self, model: str, req: GenerateRequest | ChatRequest
     ) -> tuple[Manifest, str, InferenceEvent]:
         manifest = self.store.get(model)
+        self.limits.options(req.options)
+        self.limits.format(req.format)
+        if isinstance(req, GenerateRequest):
+            self.limits.template(req.template)
         if manifest.options:  # the model's defaults, under what the request sets
             req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
         task = "chat" if isinstance(req, ChatRequest) else "generate"
@@ -379,11 +458,12 @@ class AsyncEngine:
     ) -> Result:
         """Embeddings, one vector per input text."""
         texts = [input] if isinstance(input, str) else list(input)
+        self.limits.embed_inputs(texts)
         manifest = self.store.get(model)
         event = InferenceEvent(
             manifest.name, "embed", current_request_id.get(), current_client.get()
         )
-        req = EmbedRequest(input=texts, truncate=truncate)
+        req = EmbedRequest(input=texts, truncate=truncate, max_tokens=self.limits.max_embed_tokens)
         return await self._once(manifest, req, "embed", event, keep_alive, load)
 
     async def tokenize(self, model: str, text: str) -> list[int]:
@@ -403,14 +483,55 @@ class AsyncEngine:
         name: str | None = None,
         sha256: str | None = None,
         progress: ProgressCallback = ignore,
+        policy: PullPolicy | None = None,
+        force: bool = False,
     ) -> Manifest:
-        """Pull a catalog model, register a local file or folder, or download a URL."""
-        return await asyncio.to_thread(
-            self.store.pull, spec, name=name, sha256=sha256, progress=progress
+        """Pull a catalog model, register a local file or folder, or download a URL.
+
+        Runs on the engine's pull threads (``max_pulls`` at once). Cancelling the caller
+        stops the pull at its next progress step; a download's partial file stays for a
+        resume. ``policy`` bounds what it may reach (the HTTP API passes its own).
+        """
+        self.store.check_spec(spec, policy)  # refused here, before any thread or download
+        if self._pulls_waiting >= 4 * self.settings.max_pulls:
+            raise QueueFull(f"{self._pulls_waiting} pulls are waiting (max_pulls); retry later")
+        cancelled = threading.Event()
+
+        def report(p: Progress) -> None:
+            if cancelled.is_set():
+                raise Interrupted(f"the pull of {spec} was cancelled")
+            progress(p)
+
+        work = functools.partial(
+            self.store.pull,
+            spec,
+            name=name,
+            sha256=sha256,
+            progress=report,
+            policy=policy,
+            force=force,
         )
+        self._pulls_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pulls, work)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            self._pulls_waiting -= 1
 
     def devices(self) -> list[Device]:
         return self.backends.devices()
+
+    async def probe_devices(self) -> list[Device]:
+        """``devices()`` on a thread of its own: runtimes probe slowly."""
+        return await asyncio.get_running_loop().run_in_executor(self._probes, self.devices)
+
+
+def _grows(manifest: Manifest, loaded: int, wanted: int) -> bool:
+    """Whether ``wanted`` tokens of context exceed what is loaded and the model could hold."""
+    trained = manifest.metadata.context_size
+    return wanted > loaded and (trained is None or loaded < trained)
 
 
 def _generate_request(

@@ -9,16 +9,25 @@
     │   └── InsufficientMemory      507  (.required, .available in bytes)
     ├── InferenceError              500
     │   ├── ContextOverflow         400  (.tokens, .limit)
-    │   └── UnsupportedTask         400
+    │   ├── InvalidTemplate         400
+    │   ├── InvalidFormat           400  (a schema or grammar the runtime refuses)
+    │   ├── UnsupportedTask         400
+    │   └── Interrupted             503  (a load cancelled under a waiting request)
     ├── StorageError                500
     │   ├── InvalidModelName        400
-    │   └── DownloadFailed          502
+    │   ├── DownloadFailed          502
+    │   └── DiskFull                507  (no room for a pull)
     ├── ConfigError                 400
     │   ├── DeviceUnavailable       400
     │   └── MissingExtra            501  (names the pip extra to install)
     ├── QueueFull                   503
     └── RequestError                400  (the HTTP boundary)
+        ├── LimitExceeded           400  (.setting names the limit)
         ├── Unauthorized            401
+        ├── Forbidden               403  (cross-site, rebinding, a path or host not allowed)
+        ├── NotFound                404
+        ├── NameTaken               400  (a pull would replace another model)
+        ├── Conflict                409
         ├── PayloadTooLarge         413
         ├── RateLimited             429  (.retry_after in seconds)
         └── RequestTimeout          504
@@ -87,8 +96,22 @@ class ContextOverflow(InferenceError):
         )
 
 
+class InvalidTemplate(InferenceError):
+    status = 400
+
+
+class InvalidFormat(InferenceError):
+    status = 400
+
+
 class UnsupportedTask(InferenceError):
     status = 400
+
+
+class Interrupted(InferenceError):
+    """Work this request waited on was cancelled (a shared load, the engine closing)."""
+
+    status = 503
 
 
 class StorageError(ForgeError):
@@ -101,6 +124,10 @@ class InvalidModelName(StorageError):
 
 class DownloadFailed(StorageError):
     status = 502
+
+
+class DiskFull(StorageError):
+    status = 507
 
 
 class ConfigError(ForgeError):
@@ -137,8 +164,28 @@ class NotFound(RequestError):
     status = 404
 
 
+class LimitExceeded(RequestError):
+    """A request field over a configured limit; ``setting`` is the setting that raises it."""
+
+    def __init__(self, what: str, value: object, limit: object, setting: str) -> None:
+        self.setting = setting
+        super().__init__(f"{what} is {value}, over the limit of {limit} ({setting})")
+
+
 class Unauthorized(RequestError):
     status = 401
+
+
+class Forbidden(RequestError):
+    status = 403
+
+
+class NameTaken(RequestError):
+    status = 400
+
+
+class Conflict(RequestError):
+    status = 409
 
 
 class PayloadTooLarge(RequestError):

@@ -273,7 +273,7 @@ def read_header(path: str | Path) -> GGUFHeader:
 def _parse(r: _Reader, size: int) -> GGUFHeader:
     magic = bytes(r.buf[:4])
     if magic != MAGIC:
-        raise InvalidModelFile(f"not a GGUF file: {r.path} (magic {magic!r})")
+        raise InvalidModelFile(f"not a GGUF file: {r.path} (no GGUF magic)")  # no bytes shown
     r.pos = 4
     r.need(4)
     raw = bytes(r.buf[4:8])

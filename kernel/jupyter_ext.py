@@ -2,9 +2,11 @@
 
 On load it starts the engine's HTTP API on a private 127.0.0.1 port with a random key, mounts
 it under ``<base_url>forge/`` behind Jupyter's own authentication (a request without a
-token gets 403), serves a small page at ``forge/ui``, and exports ``FORGE_URL`` and
+token gets 403, and a cookie-authenticated POST needs Jupyter's XSRF token, as every Jupyter
+API does), serves a small page at ``forge/ui``, and exports ``FORGE_URL`` and
 ``FORGE_API_KEY`` so the kernels this server starts use that engine without configuration
-(``notebook.shared()``): several notebooks, one copy of each model.
+(``notebook.shared()``): several notebooks, one copy of each model. Over HTTP, the engine
+pulls local files only from Jupyter's root folder (``pull_paths``).
 
 Installs enable it (``etc/jupyter/jupyter_server_config.d/ferrousforge.json``); editable
 installs skip that data file, so it is copied there by hand (``./dev.sh setup`` does).
@@ -15,7 +17,9 @@ from __future__ import annotations
 import html
 import os
 import secrets
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
@@ -33,13 +37,17 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 class Backend:
-    """The engine's API on a private port and key, on a thread of its own (its own loop)."""
+    """The engine's API on a private port and key, on a thread of its own (its own loop).
+    HTTP pulls of local files may reach ``root`` (Jupyter's root folder) and the folders the
+    settings already allow."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         from .api.server import ServerThread
 
         self.key = secrets.token_urlsafe(24)
-        self._thread = ServerThread(load_settings().model_copy(update={"api_keys": [self.key]}))
+        settings = load_settings()
+        update = {"api_keys": [self.key], "pull_paths": [root, *settings.pull_paths]}
+        self._thread = ServerThread(settings.model_copy(update=update))
         self.url = self._thread.url
 
     def stop(self) -> None:
@@ -52,10 +60,6 @@ class ProxyHandler(APIHandler):
 
     def initialize(self, backend: Backend) -> None:
         self.backend = backend
-
-    def check_xsrf_cookie(self) -> None:  # token-authenticated API calls, as APIHandler's
-        if not self.request.headers.get("Authorization"):
-            super().check_xsrf_cookie()
 
     @web.authenticated
     async def get(self, path: str) -> None:
@@ -73,7 +77,8 @@ class ProxyHandler(APIHandler):
         headers = {"Authorization": f"Bearer {self.backend.key}"}
         if "Content-Type" in self.request.headers:
             headers["Content-Type"] = self.request.headers["Content-Type"]
-        target = "/" + path + (f"?{self.request.query}" if self.request.query else "")
+        query = _without_token(self.request.query)
+        target = "/" + path + (f"?{query}" if query else "")
         async with (
             httpx.AsyncClient(base_url=self.backend.url, timeout=None) as client,
             client.stream(
@@ -105,12 +110,46 @@ class UiHandler(JupyterHandler):
     @web.authenticated
     async def get(self) -> None:
         headers = {"Authorization": f"Bearer {self.backend.key}"}
-        async with httpx.AsyncClient(base_url=self.backend.url, headers=headers, timeout=120) as c:
-            models = (await c.get("/api/forge/models")).json()
-            loaded = {m["name"]: m for m in (await c.get("/api/forge/loaded")).json()}
-            devices = (await c.get("/api/forge/devices")).json()
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.backend.url, headers=headers, timeout=120
+            ) as c:
+                models = await _engine_json(c, "/api/forge/models")
+                loaded = {m["name"]: m for m in await _engine_json(c, "/api/forge/loaded")}
+                devices = await _engine_json(c, "/api/forge/devices")
+        except _EngineError as e:
+            self.set_status(502)
+            self.finish(_shell(f'<p id="error">{html.escape(str(e))}</p>'))
+            return
         self.finish(_page(models, loaded, devices))
+
+
+class _EngineError(Exception):
+    """The engine answered an error, or did not answer (one line, for the page)."""
+
+
+async def _engine_json(client: httpx.AsyncClient, path: str) -> Any:
+    try:
+        r = await client.get(path)
+    except httpx.TransportError as e:
+        where = str(client.base_url).rstrip("/")
+        raise _EngineError(
+            f"the engine at {where} is unreachable: {e or type(e).__name__}"
+        ) from None
+    if r.is_error:
+        try:
+            reason = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = r.text.strip()[:200] or r.reason_phrase
+        raise _EngineError(f"the engine answered {path} with HTTP {r.status_code}: {reason}")
+    return r.json()
+
+
+def _without_token(query: str) -> str:
+    """``query`` less Jupyter's ``token`` parameter (the engine's logs never see it), every
+    other parameter as sent."""
+    return "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != "token")
 
 
 def _page(models: list[dict[str, Any]], loaded: dict[str, Any], devices: list[Any]) -> str:
@@ -131,19 +170,24 @@ def _page(models: list[dict[str, Any]], loaded: dict[str, Any], devices: list[An
         for m in models
     ]
     device_rows = [[d["id"], d["name"], ", ".join(d["backends"])] for d in devices]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FerrousForge</title>
-<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}
-table{{border-collapse:collapse;margin-bottom:2em}}th{{background:#f4f4f4}}
-td,th{{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}}</style>
-</head><body><h1>FerrousForge</h1>
+    return _shell(f"""
 <h2>Models</h2><table id="models"><tr><th>Name</th><th>Format</th><th>Size</th><th>Loaded</th></tr>
 {rows(model_rows)}</table>
 <h2>Devices</h2><table id="devices"><tr><th>Device</th><th>Name</th><th>Backends</th></tr>
-{rows(device_rows)}</table></body></html>"""
+{rows(device_rows)}</table>""")
+
+
+def _shell(body: str) -> str:
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FerrousForge</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:2em}}th{{background:#f4f4f4}}
+td,th{{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}}
+#error{{color:#a00}}</style>
+</head><body><h1>FerrousForge</h1>{body}</body></html>"""
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    backend = Backend()
+    backend = Backend(Path(serverapp.root_dir))
     serverapp.web_app.settings["ferrousforge_backend"] = backend
     os.environ["FORGE_URL"] = backend.url  # inherited by every kernel started from now on
     os.environ["FORGE_API_KEY"] = backend.key

@@ -10,6 +10,7 @@ parameters, so tests drive eviction and expiry in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .errors import InsufficientMemory, QueueFull
+from .errors import InsufficientMemory, Interrupted, QueueFull
 from .mold import Mold
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class Scheduler:
         self._probe, self._clock = memory_probe, clock
         self._on_load, self._on_unload = on_load, on_unload
         self.runners: dict[str, Runner] = {}
-        self._loading: dict[str, asyncio.Future[Runner]] = {}
+        self._loading: dict[str, asyncio.Task[Runner]] = {}
+        self._claims: dict[str, int] = {}  # requests waiting on each key's load
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._queued = 0
@@ -138,7 +140,15 @@ class Scheduler:
             while True:
                 runner = self.runners.get(key)
                 if runner is None:
-                    runner, loaded_here = await self._ensure_loaded(key, factory)
+                    # Claimed while loading: the load ends in its own task, and another
+                    # request's load must not evict it before this one takes its reference.
+                    self._claims[key] = self._claims.get(key, 0) + 1
+                    try:
+                        runner, loaded_here = await self._ensure_loaded(key, factory)
+                    finally:
+                        self._claims[key] -= 1
+                        if not self._claims[key]:
+                            del self._claims[key]
                 if self.runners.get(key) is runner:  # not evicted while we waited
                     break
             runner.refs += 1
@@ -157,21 +167,35 @@ class Scheduler:
             await self._release(runner, keep_alive)
 
     async def _ensure_loaded(self, key: str, factory: MoldFactory) -> tuple[Runner, bool]:
-        if (pending := self._loading.get(key)) is not None:
-            return await asyncio.shield(pending), False
-        fut: asyncio.Future[Runner] = asyncio.get_running_loop().create_future()
-        self._loading[key] = fut
+        """The runner of ``key``, loading it if needed; True when this call started the load.
+
+        The load is a task of its own, awaited through ``shield``: a waiter that times out
+        or leaves stops waiting, but the load goes on for the others, and its memory is
+        registered (and later reaped) instead of held by a thread nobody tracks.
+        """
+        task = self._loading.get(key)
+        started = task is None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load_in_turn(key, factory))
+            self._loading[key] = task
+            task.add_done_callback(lambda t: self._loaded(key, t))
         try:
-            async with self._load_lock:
-                runner = await self._load(key, factory)
-            fut.set_result(runner)
-            return runner, True
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        finally:
+            return await asyncio.shield(task), started
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # this waiter was cancelled; the load goes on
+            raise Interrupted(f"loading {key} was cancelled; retry") from None
+
+    def _loaded(self, key: str, task: asyncio.Task[Runner]) -> None:
+        if self._loading.get(key) is task:
             del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a load nobody waits for any more is not an error
+
+    async def _load_in_turn(self, key: str, factory: MoldFactory) -> Runner:
+        async with self._load_lock:  # one load at a time: each sees the others' memory
+            return await self._load(key, factory)
 
     async def _load(self, key: str, factory: MoldFactory) -> Runner:
         mold = await factory()
@@ -189,9 +213,16 @@ class Scheduler:
             async with self._changed:  # every model is busy: wait for one to go idle
                 await self._changed.wait()
         start = time.perf_counter_ns()
-        await mold.load()
+        try:
+            await mold.load()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # free what a half-done load holds
+                await asyncio.shield(mold.unload())
+            raise
         runner = Runner(key, mold, Slots(self.num_parallel), time.perf_counter_ns() - start)
         runner.last_used = self._clock()
+        if self.default_keep_alive >= 0:  # reaped like any idle model if nobody claims it
+            runner.expires_at = runner.last_used + self.default_keep_alive
         self.runners[key] = runner
         self.loads += 1
         log.info("loaded %s on %s/%s", key, mold.backend, mold.device)
@@ -208,11 +239,14 @@ class Scheduler:
         return max(0, min(free, self.max_memory - used))
 
     async def _evict_one(self) -> bool:
-        idle = [r for r in self.runners.values() if r.refs == 0]
+        idle = [r for r in self.runners.values() if self._idle(r)]
         if not idle:
             return False
         await self._unload(min(idle, key=lambda r: r.last_used))
         return True
+
+    def _idle(self, runner: Runner) -> bool:
+        return runner.refs == 0 and not self._claims.get(runner.key)
 
     async def _release(self, runner: Runner, keep_alive: float | None) -> None:
         runner.refs -= 1
@@ -257,7 +291,7 @@ class Scheduler:
         expired = [
             r
             for r in self.runners.values()
-            if r.refs == 0 and r.expires_at is not None and r.expires_at <= now
+            if self._idle(r) and r.expires_at is not None and r.expires_at <= now
         ]
         for r in expired:
             await self._unload(r)
@@ -282,5 +316,10 @@ class Scheduler:
             await asyncio.sleep(wait)
 
     async def close(self) -> None:
+        for task in list(self._loading.values()):
+            task.cancel()
+        for task in list(self._loading.values()):
+            with contextlib.suppress(BaseException):
+                await task
         for r in list(self.runners.values()):
             await self._unload(r)

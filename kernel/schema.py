@@ -51,14 +51,15 @@ _OPTION_ALIASES = {"num_predict": "max_tokens", "repeat_penalty": "repetition_pe
 
 
 class InferenceOptions(BaseModel):
-    """Sampling and context options (seed §3.2). Ollama's spellings are accepted too."""
+    """Sampling and context options (seed §3.2). Ollama's spellings are accepted too, and a
+    ``null`` value means "not set", as Ollama reads it (LangChain sends ``"stop": null``)."""
 
     model_config = ConfigDict(extra="ignore")
 
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=-1)
+    max_tokens: int | None = Field(None, ge=-2)  # -1: no limit; -2: fill the context
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -69,12 +70,13 @@ class InferenceOptions(BaseModel):
     def _aliases(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = {_OPTION_ALIASES.get(k, k): v for k, v in data.items()}
+        data = {_OPTION_ALIASES.get(k, k): v for k, v in data.items() if v is not None}
         if isinstance(data.get("stop"), str):
             data["stop"] = [data["stop"]]
         unknown = set(data) - set(cls.model_fields)
-        if unknown:
-            log.warning("ignoring unknown options: %s", ", ".join(sorted(unknown)))
+        if unknown:  # names as repr, a few: a request cannot write lines into the log
+            names = sorted(repr(k)[:40] for k in unknown)
+            log.warning("ignoring unknown options: %s", ", ".join(names[:8]))
         return data
 
     def merged(self, other: InferenceOptions | None) -> InferenceOptions:
@@ -82,6 +84,20 @@ class InferenceOptions(BaseModel):
         if other is None:
             return self
         return self.model_copy(update=other.model_dump(exclude_unset=True, exclude_none=True))
+
+
+class Body(BaseModel):
+    """A request body as clients send it: unknown fields are ignored, and ``null`` means
+    "not set", so the field's default applies (Ollama's Go structs and OpenAI read both so)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_unset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class Message(BaseModel):
@@ -118,6 +134,7 @@ class ChatRequest(BaseModel):
 class EmbedRequest(BaseModel):
     input: list[str]
     truncate: bool = True
+    max_tokens: int | None = None  # the most tokens all inputs may hold together
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
@@ -144,7 +161,12 @@ class Stats:
 
 @dataclass(slots=True)
 class Chunk:
-    """One piece of a stream. The last one has ``done=True``, a done_reason and stats."""
+    """One piece of a stream. The last one has ``done=True``, a done_reason and stats.
+
+    A runtime may also send a chunk with no text and ``done=False`` whose stats hold the
+    prompt's token count once it is known: the engine keeps it (so a stream cut short still
+    counts its prompt) and passes nothing on.
+    """
 
     text: str = ""
     done: bool = False

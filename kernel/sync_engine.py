@@ -157,8 +157,11 @@ class Engine:
         name: str | None = None,
         sha256: str | None = None,
         progress: ProgressCallback = ignore,
+        force: bool = False,
     ) -> Manifest:
-        return self._loop.run(self._engine.pull(spec, name=name, sha256=sha256, progress=progress))
+        return self._loop.run(
+            self._engine.pull(spec, name=name, sha256=sha256, progress=progress, force=force)
+        )
 
     def show(self, model: str) -> Manifest:
         return self.store.get(model)
@@ -171,7 +174,7 @@ class Engine:
         return self.store.cp(src, dst)
 
     def devices(self) -> list[Device]:
-        return self._engine.devices()
+        return self._loop.run(self._engine.probe_devices())
 
     def list(self) -> list[Manifest]:  # last: inside the class, ``list`` means this method
         return self.store.list()

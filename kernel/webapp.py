@@ -8,7 +8,10 @@ as a static folder.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +52,7 @@ _FOLDER_FILES = {
 }
 _RUNTIMES = {"onnx": "ort", "safetensors": "pyodide", "gguf": "wllama"}
 _SKIP = {"__init__.py", "__pycache__", "build.mjs"}
+MARKER = ".forge-export"  # in every exported folder: the models it holds, as JSON
 
 
 def root() -> Path:
@@ -92,9 +96,13 @@ def browser_model(manifest: Manifest) -> BrowserModel | None:
     if manifest.format == "gguf":
         sources = {"model.gguf": path}
     else:
-        folder = path if path.is_dir() else path.parent
-        sources = {n: folder / n for n in _FOLDER_FILES[manifest.format] if (folder / n).is_file()}
-        if not {"tokenizer.json", *_FOLDER_FILES[manifest.format][:1]} <= sources.keys():
+        main, *rest = _FOLDER_FILES[manifest.format]
+        # A file registered in place (`forge pull dir/encoder.onnx`) is served as the
+        # runtime's model file; its companions come from the same folder.
+        folder, model = (path.parent, path) if path.is_file() else (path, path / main)
+        wanted = {main: model} | {n: folder / n for n in rest}
+        sources = {n: p for n, p in wanted.items() if p.is_file()}
+        if not {main, "tokenizer.json"} <= sources.keys():
             return None
     if not all(p.is_file() for p in sources.values()):
         return None
@@ -197,7 +205,12 @@ def export(
     progress: ProgressCallback = ignore,
 ) -> list[BrowserModel]:
     """Write the app, its runtimes and the models ``names`` (all browser models when empty)
-    into ``target``, ready for any static host that sends the headers in ``_headers``."""
+    into ``target``, ready for any static host that sends the headers in ``_headers``.
+
+    The new tree is built next to ``target`` and swapped in whole, so a reader never sees a
+    mix of two exports and models no longer chosen disappear. Files unchanged since the
+    previous export are hardlinked from it, not copied. Only an empty folder or a previous
+    export (it holds ``.forge-export``) is replaced."""
     if not built():
         raise ConfigError("the browser runtimes are not built: run `npm ci && npm run build`")
     every = {m.name: m for m in browser_models(store)}
@@ -211,20 +224,79 @@ def export(
     jobs = list(_app_files())
     jobs += [(src, m.base + n) for m in chosen for n, src in m.sources.items()]
     total, done = sum(src.stat().st_size for src, _ in jobs), 0
-    target.mkdir(parents=True, exist_ok=True)
-    for src, rel in jobs:
-        out = target / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if not (
-            out.is_file()
-            and out.stat().st_size == src.stat().st_size
-            and out.stat().st_mtime >= src.stat().st_mtime
-        ):
-            tmp = out.with_name(out.name + ".part")
-            shutil.copyfile(src, tmp)
-            tmp.replace(out)  # a crash leaves .part files, never a truncated model
-        done += src.stat().st_size
-        progress(Progress(f"exporting to {target}", total, done))
-    (target / "models.json").write_text(json.dumps(catalog(chosen), indent=1))
-    (target / "_headers").write_text(HEADERS_FILE)
+    target = target.resolve()
+    previous = _previous_export(target)
+    staging = _sibling(target, "partial")
+    staging.mkdir()
+    try:
+        # Written first, so a staging folder left by a killed export is known as ours.
+        (staging / MARKER).write_text(json.dumps({"models": [m.name for m in chosen]}) + "\n")
+        for src, rel in jobs:
+            out = staging / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _place(src, out, previous / rel if previous else None)
+            done += src.stat().st_size
+            progress(Progress(f"exporting to {target}", total, done))
+        (staging / "models.json").write_text(json.dumps(catalog(chosen), indent=1))
+        (staging / "_headers").write_text(HEADERS_FILE)
+        _swap(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return chosen
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    """A fresh name next to ``target``, so renames between them stay on one filesystem."""
+    return target.with_name(f"{target.name}.{kind}-{secrets.token_hex(4)}")
+
+
+def _leftovers(target: Path, kind: str) -> list[Path]:
+    """Our ``kind`` siblings of ``target`` left by an interrupted export, oldest first."""
+    found = target.parent.glob(f"{glob.escape(target.name)}.{kind}-*")
+    ours = [p for p in found if (p / MARKER).is_file()]
+    return sorted(ours, key=lambda p: (p / MARKER).stat().st_mtime_ns)
+
+
+def _previous_export(target: Path) -> Path | None:
+    """``target`` when it holds a previous export, None when it is missing or empty.
+
+    A crash between the two renames of a swap leaves ``target`` missing and the previous
+    export set aside: it is put back. Other leftovers of interrupted exports are removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    aside = _leftovers(target, "old")
+    if aside and not target.exists():
+        aside.pop().rename(target)
+    for stale in aside + _leftovers(target, "partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if (target / MARKER).is_file():
+        return target
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return None
+    raise ConfigError(f"will not replace {target}: it is neither empty nor a previous export")
+
+
+def _place(src: Path, out: Path, previous: Path | None) -> None:
+    """Put ``src`` at ``out``, as a hardlink to the previous export's copy when current."""
+    if previous is not None and previous.is_file():
+        old, new = previous.stat(), src.stat()
+        if old.st_size == new.st_size and old.st_mtime >= new.st_mtime:
+            with contextlib.suppress(OSError):  # no hardlinks on this filesystem: copy
+                os.link(previous, out)
+                return
+    shutil.copyfile(src, out)
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``, replacing the folder there if any."""
+    aside = _sibling(target, "old") if target.exists() else None
+    if aside is not None:
+        target.rename(aside)
+    try:
+        staging.rename(target)
+    except OSError:
+        if aside is not None:
+            aside.rename(target)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # a leftover is removed by the next export

@@ -39,6 +39,15 @@ class Worker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    async def stop(self) -> None:
+        """Close, and wait (without a thread of the loop's pool) until the thread ends."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(lambda: _post(loop, _settle, done, None, None))
+        self.close()
+        await done  # the last job ran: the thread returns at once
+        self._thread.join()
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread and await its result."""
         loop = asyncio.get_running_loop()

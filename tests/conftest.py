@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -124,9 +125,9 @@ def _handler(fs: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def http_server() -> Iterator[FileServer]:
-    """A FileServer on 127.0.0.1 (random port) in a thread, for the length of one test."""
+@contextlib.contextmanager
+def file_server() -> Iterator[FileServer]:
+    """A FileServer on 127.0.0.1 (random port) in a thread, until the block ends."""
     fs = FileServer()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fs))
     server.daemon_threads = True
@@ -139,6 +140,13 @@ def http_server() -> Iterator[FileServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def http_server() -> Iterator[FileServer]:
+    """A FileServer for the length of one test."""
+    with file_server() as fs:
+        yield fs
 
 
 MakeGGUF = Callable[..., Path]

@@ -28,7 +28,8 @@ GREEDY = {"temperature": 0, "num_predict": 12}
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("home")
     gguf = write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf")
-    settings = ff.Settings(home=home, threads=1, keep_alive=600)
+    base = tmp_path_factory.getbasetemp()
+    settings = ff.Settings(home=home, threads=1, keep_alive=600, pull_paths=[base])
     with ff.Engine(settings) as engine:
         engine.pull(str(gguf), name="tiny")
     add_null_model(home, "echo:1", {})
@@ -104,7 +105,7 @@ def test_ollama_pull_streams_progress_and_version(
     assert "pulled:latest" in {m.model for m in oll.list().models}
     assert oll.pull(str(path)).status == "success"  # stream=False
     r = httpx.post(server.url + "/api/pull", json={"model": "no/such:model"})
-    assert json.loads(r.text.splitlines()[-1])["error"].startswith("model 'no/such:model'")
+    assert r.status_code == 404 and r.json()["error"].startswith("model 'no/such:model'")
     assert httpx.get(server.url + "/api/version").json() == {"version": ff.__version__}
 
 

@@ -66,9 +66,7 @@ def test_embedding_models(tmp_path, make_small_gguf, arch, pooling):
 def test_wrong_magic(tmp_path):
     path = tmp_path / "x.gguf"
     path.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(
-        InvalidModelFile, match=r"not a GGUF file: .*x\.gguf \(magic b'PK\\x03\\x04'\)"
-    ):
+    with pytest.raises(InvalidModelFile, match=r"not a GGUF file: .*x\.gguf \(no GGUF magic\)"):
         read_header(path)
 
 

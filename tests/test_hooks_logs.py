@@ -124,7 +124,8 @@ def test_opentelemetry_spans_for_requests_and_inference(tmp_path: Path) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     engine = ff.AsyncEngine(ff.Settings(home=tmp_path))
-    with TestClient(create_app(engine.settings, engine, tracer_provider=provider)) as client:
+    app = create_app(engine.settings, engine, tracer_provider=provider)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/api/generate", json={"model": "echo:1", "prompt": "a b", "stream": False})
         assert r.status_code == 200
     spans = {s.name: s for s in exporter.get_finished_spans()}

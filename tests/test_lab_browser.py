@@ -2,7 +2,7 @@
 Debian's Chromium: the widget imports ``<base_url>forge/web/forge.js`` into the notebook's
 own tab, embeds there on WASM, and the answer comes back to Python, where a later cell
 compares it with the server's own embeddings. Every request the tab makes stays on its
-origin.
+origin. The tab's own calls to the engine (``forge.server``) go through the proxy too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from ferrousforge.store.store import Store
 
-from .labharness import Lab, Notebook, running_lab, write_notebook
+from .labharness import WAIT_MS, Lab, Notebook, running_lab, write_notebook
 from .webharness import CHROMIUM, QUIET, need
 
 pytestmark = pytest.mark.slow
@@ -156,3 +156,27 @@ def test_browser_mold_embeds_in_the_tab_and_answers_python(lab: Lab, recorder: R
         and f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" != lab.url
     ]
     assert foreign == []
+
+
+def test_the_tab_posts_to_the_engine_through_the_proxy(lab: Lab, recorder: Recorder) -> None:
+    """``forge.server.embed`` from a logged-in tab: a POST that only Jupyter's cookie
+    authenticates, so Jupyter takes it only with its XSRF token (forge.js sends it)."""
+    page = recorder.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{lab.url}/lab?token={lab.token}", wait_until="domcontentloaded")  # the cookies
+    texts = ["a cat sits", "a kitten is sitting", "stock market"]
+    vectors = page.evaluate(
+        """async (texts) => {
+            const forge = await import("/forge/web/forge.js");
+            return (await forge.server.embed("minilm:l6", texts)).embeddings;
+        }""",
+        texts,
+    )
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    cat, kitten, stocks = vectors
+    assert dot(cat, kitten) > dot(cat, stocks) + 0.2  # unit vectors: cosines
+    assert f"{lab.url}/forge/api/embed" in recorder.requests
+
+
+def dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))

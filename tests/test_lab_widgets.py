@@ -44,9 +44,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     store = Store(root / "home")
     store.save(source.get(SMOLLM2))  # the same blob, by its absolute path
     store.pull(str(write_tiny_gguf(root / "tiny.gguf")), name="tiny")
-    tiny2 = write_tiny_gguf(root / "tiny2.gguf", seed=1)
     notebooks = root / "notebooks"
     notebooks.mkdir()
+    # under Jupyter's root: the only folder the extension's engine pulls files from
+    tiny2 = write_tiny_gguf(notebooks / "tiny2.gguf", seed=1)
     _write_notebooks(notebooks)
 
     with running_lab(root, store.home, notebooks, tiny2) as lab:

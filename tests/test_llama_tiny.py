@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ferrousforge as ff
-from ferrousforge.errors import ContextOverflow, InsufficientMemory, InvalidModelFile
+from ferrousforge.errors import (
+    Conflict,
+    ContextOverflow,
+    InsufficientMemory,
+    InvalidFormat,
+    InvalidModelFile,
+    LimitExceeded,
+)
 
 from .threads import generate_in_threads
 from .tinymodel import write_tiny_gguf
@@ -178,3 +187,47 @@ def test_closing_a_stream_stops_generation(engine: ff.Engine) -> None:
     assert all(not c.done for c in first)
     after = engine.generate("tiny", "the", raw=True, options=GREEDY)
     assert after.stats.eval_count == 24
+
+
+def test_formats_llama_cpp_refuses_are_a_400_not_a_crash(engine: ff.Engine) -> None:
+    """llama.cpp returns a NULL sampler for a grammar it cannot parse; used unchecked, that
+    killed the process (SIGSEGV). These schemas pass the limits and reach llama.cpp."""
+    refused: list[dict[str, Any]] = [{"type": []}, {"type": "array", "items": {"type": []}}]
+    for fmt in refused:
+        with pytest.raises(InvalidFormat, match="refuses its grammar") as e:
+            engine.generate("tiny", "the", raw=True, format=fmt, options=GREEDY)
+        assert e.value.status == 400
+    with pytest.raises(InvalidFormat, match="matches nothing"):  # refused before llama.cpp
+        engine.generate("tiny", "the", raw=True, format={"enum": []})
+    answer = engine.generate("tiny", "the", raw=True, format={"enum": ["yes", "no"]})
+    assert json.loads(answer.text) in ("yes", "no")
+
+
+def test_a_grammar_over_its_size_limit_is_refused(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    settings = ff.Settings(home=tmp_path / "home", threads=1, max_grammar_bytes=300)
+    with ff.Engine(settings) as small:
+        small.pull(str(gguf), name="tiny")
+        props = {f"field{i}": {"type": "string"} for i in range(20)}
+        with pytest.raises(LimitExceeded, match="max_grammar_bytes"):
+            small.generate("tiny", "the", raw=True, format={"type": "object", "properties": props})
+        assert small.generate("tiny", "the", raw=True, format={"type": "boolean"}).text
+
+
+def test_a_smaller_num_ctx_is_served_by_the_loaded_context(engine: ff.Engine) -> None:
+    engine.load("tiny", num_ctx=512)
+    with pytest.raises(ContextOverflow) as e:  # the request holds itself to what it asked
+        engine.generate("tiny", "word " * 80, raw=True, options={"num_ctx": 64})
+    assert e.value.limit == 64
+    assert [m.context_length for m in engine.ps() if m.name == "tiny:latest"] == [512]
+
+
+def test_a_larger_num_ctx_reloads_only_an_idle_model(engine: ff.Engine) -> None:
+    engine.load("tiny", num_ctx=256)
+    stream = engine.generate("tiny", "the", raw=True, stream=True, options={"max_tokens": 200})
+    next(stream)  # in use now
+    with pytest.raises(Conflict, match="in use"):
+        engine.generate("tiny", "the", raw=True, options={"num_ctx": 512, **GREEDY})
+    stream.close()  # type: ignore[attr-defined]
+    engine.generate("tiny", "the", raw=True, options={"num_ctx": 512, **GREEDY})
+    assert [m.context_length for m in engine.ps() if m.name == "tiny:latest"] == [512]

@@ -154,3 +154,16 @@ def test_disconnect_stops_a_real_generation(server: Running) -> None:
     before = generated()
     time.sleep(0.5)
     assert generated() == before
+
+
+def test_the_embedding_context_counts_against_the_memory_budget(engine: ff.Engine) -> None:
+    """The embedding context is a second llama.cpp context with its own KV cache: once made,
+    what ``ps`` reports (and the budget counts) holds both contexts' state."""
+    engine.unload(MODEL)
+    engine.load(MODEL)
+    engine.embed(MODEL, "a cat sits")
+    runner = engine._engine.scheduler.runners[MODEL]
+    runtime = runner.mold._runtime  # type: ignore[attr-defined]
+    assert runtime.held_bytes > runtime.state_size > 0  # two contexts now
+    reported = next(m.memory for m in engine.ps() if m.name == MODEL)
+    assert reported >= engine.show(MODEL).size + runtime.held_bytes

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,7 @@ import ferrousforge as ff
 from ferrousforge import webapp
 from ferrousforge.cli.main import main
 from ferrousforge.errors import ConfigError
+from ferrousforge.progress import Progress
 from ferrousforge.store.manifest import FileEntry, Manifest
 from ferrousforge.store.store import Store
 
@@ -159,11 +162,111 @@ def test_export_writes_a_static_tree_with_the_chosen_models(
     assert [m["name"] for m in catalog["models"]] == ["enc:onnx"]
     headers = (out / "_headers").read_text()
     assert "Cross-Origin-Embedder-Policy: require-corp" in headers
-    # a second export copies nothing that is already there and current
-    mtime = (out / "models/enc/onnx/model.onnx").stat().st_mtime_ns
+
+
+def siblings(out: Path) -> list[str]:
+    """The names in ``out``'s folder that start with its name: staging or set-aside trees."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name))
+
+
+def test_export_swaps_in_a_whole_new_tree_and_drops_models_no_longer_chosen(
+    home: Path, web_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    webapp.export(Store(home), out, ["enc:onnx", "chat:small"])
+    inode = (out / "models/enc/onnx/model.onnx").stat().st_ino
+    (web_root / "index.html").write_text("<!doctype html><title>forge, the next one</title>")
+    seen = set()
+
+    def look(_: Progress) -> None:  # a reader of the folder while the export runs
+        listed = json.loads((out / "models.json").read_text())["models"]
+        page = (out / "index.html").read_text()
+        seen.add((page, tuple(m["name"] for m in listed), (out / "models/chat").exists()))
+
+    webapp.export(Store(home), out, ["enc:onnx"], look)
+    assert seen == {("<!doctype html><title>forge</title>", ("enc:onnx", "chat:small"), True)}
+    assert not (out / "models/chat").exists()
+    assert (out / "index.html").read_text().endswith("the next one</title>")
+    assert [m["name"] for m in json.loads((out / "models.json").read_text())["models"]] == [
+        "enc:onnx"
+    ]
+    assert json.loads((out / webapp.MARKER).read_text()) == {"models": ["enc:onnx"]}
+    # unchanged files are hardlinked from the previous export, not copied again
+    assert (out / "models/enc/onnx/model.onnx").stat().st_ino == inode
+    assert siblings(out) == ["site"]
+
+
+def test_export_refuses_a_folder_that_is_not_a_previous_export(
+    home: Path, web_root: Path, tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=f"will not replace {re.escape(str(mine))}: "):
+        webapp.export(Store(home), mine, ["enc:onnx"])
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert siblings(mine) == ["mine"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    webapp.export(Store(home), empty, ["enc:onnx"])  # an empty folder is fine
+    assert (empty / "models/enc/onnx/model.onnx").is_file()
+
+
+def test_a_failed_export_leaves_the_previous_one_whole(
+    home: Path, web_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "site"
     webapp.export(Store(home), out, ["enc:onnx"])
-    assert (out / "models/enc/onnx/model.onnx").stat().st_mtime_ns == mtime
-    assert not list(out.rglob("*.part"))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    copy = shutil.copyfile
+    copied: list[Path] = []
+
+    def copy_then_fail(src: Path, dst: Path) -> Path:
+        if copied:
+            raise OSError("disk full")
+        copied.append(dst)
+        return copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        webapp.export(Store(home), out, ["enc:onnx", "enc:st", "chat:small"])
+    assert copied  # it failed in the middle, after copying a file
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert siblings(out) == ["site"]
+
+
+def test_export_recovers_from_a_crash_between_the_swap_renames(
+    home: Path, web_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    webapp.export(Store(home), out, ["enc:onnx"])
+    inode = (out / "models/enc/onnx/model.onnx").stat().st_ino
+    out.rename(tmp_path / "site.old-dead")  # the previous export, set aside
+    (tmp_path / "site.partial-dead").mkdir()  # the new one, half built
+    (tmp_path / "site.partial-dead" / webapp.MARKER).write_text("{}")
+    (tmp_path / "site.partial-theirs").mkdir()  # not ours: left alone
+    webapp.export(Store(home), out, ["enc:onnx"])
+    assert (out / "models/enc/onnx/model.onnx").stat().st_ino == inode  # recovered, then linked
+    assert siblings(out) == ["site", "site.partial-theirs"]
+
+
+def test_a_single_onnx_file_registered_in_place_is_served_as_model_onnx(
+    home: Path, web_root: Path
+) -> None:
+    tok = {"tokenizer.json": b"{}", "config.json": b"{}"}
+    files = {"encoder.onnx": b"the encoder", "model.onnx": b"another model", **tok}
+    manifest = add(home, "enc:file", "onnx", files)
+    Store(home).save(manifest.model_copy(update={"path": manifest.path + "/encoder.onnx"}))
+    lonely = add(home, "enc:lonely", "onnx", {"lonely.onnx": b"no tokenizer"})
+    Store(home).save(lonely.model_copy(update={"path": lonely.path + "/lonely.onnx"}))
+    with running(ff.Settings(home=home)) as srv, httpx.Client(base_url=srv.url) as client:
+        models = {m["name"]: m for m in client.get("/web/models.json").json()["models"]}
+        model = client.get("/web/models/enc/file/model.onnx")
+        tokenizer = client.get("/web/models/enc/file/tokenizer.json")
+    assert models["enc:file"]["files"] == {"model.onnx": 11, "tokenizer.json": 2, "config.json": 2}
+    assert "enc:lonely" not in models
+    assert (model.status_code, model.content) == (200, b"the encoder")
+    assert tokenizer.content == b"{}"
 
 
 def test_export_refuses_models_without_a_browser_runtime(home: Path, web_root: Path) -> None:

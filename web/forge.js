@@ -240,13 +240,21 @@ export const server = {
   },
 };
 
+/** Jupyter's XSRF header, when this module comes through its proxy (<base_url>forge/web/):
+ *  Jupyter refuses a POST authenticated by its cookie without it. */
+function xsrf() {
+  if (!BASE.pathname.endsWith("/forge/web/")) return {};
+  const token = globalThis.document?.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/)?.[1];
+  return token ? { "x-xsrftoken": token } : {};
+}
+
 async function post(path, body) {
   const response = await fetch(new URL(path, server.url), {
     method: "POST",
-    headers: { ...headers, "content-type": "application/json" },
+    headers: { ...headers, ...xsrf(), "content-type": "application/json" },
     body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.error ?? `the server answered HTTP ${response.status}`);
+  if (!response.ok) throw new Error(data.error ?? data.message ?? `the server answered HTTP ${response.status}`);
   return data;
 }

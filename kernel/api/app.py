@@ -1,7 +1,8 @@
 """The app factory: ``create_app(settings, engine)``. No module-level state.
 
-Errors become HTTP statuses in one place (``_forge_error``): each ForgeError carries its
-status; OpenAI routes get OpenAI's error body, the rest Ollama's ``{"error": "..."}``.
+Errors become HTTP statuses in one place (``errors.py``). Middleware, outermost first:
+``RequestContext`` (request id, body limit, send timeout, logs, metrics), ``SiteGuard``
+(Host and Origin), then CORS for the configured origins.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 
 from .. import __version__, webapp
 from ..config import Settings
 from ..engine import AsyncEngine
-from ..errors import ForgeError, RateLimited
+from ..errors import ForgeError
 from . import ollama, openai, workbench
 from .auth import Authenticator
+from .docs import ERRORS, OPS, READY
+from .errors import bad_request, forge_error, http_error
 from .metrics import Metrics
 from .middleware import RequestContext
 from .ratelimit import RateLimiter
 from .security import TokenCharge, guard
-from .streaming import openai_error
+from .siteguard import SiteGuard, origin_pattern
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # what a crash left (unnamed blobs, stale partials) goes before anything is served
+        await asyncio.get_running_loop().run_in_executor(None, engine.store.sweep)
         preload = asyncio.create_task(_preload(app, engine, settings.preload))
         try:
             yield
@@ -54,7 +61,8 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         title="FerrousForge",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served below, behind the API key like every other route
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.settings, app.state.engine, app.state.ready = settings, engine, not settings.preload
@@ -66,6 +74,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         settings.jwt_algorithms,
         settings.jwt_issuer,
         settings.jwt_audience,
+        settings.jwt_leeway,
     )
     app.state.limiter = limiter
     app.state.metrics = metrics
@@ -76,33 +85,63 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(workbench.router, dependencies=guarded)
     app.include_router(webapp.router(lambda: engine.store, guarded))
 
-    @app.get("/health", tags=["ops"])
+    @app.get("/health", tags=["ops"], responses=OPS)
     async def health() -> dict[str, str]:
         """Liveness: the process answers. Needs no key."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"], dependencies=guarded)
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="FerrousForge API")
+
+    @app.get("/ready", tags=["ops"], dependencies=guarded, responses=READY)
     async def ready(request: Request) -> Response:
         """Readiness: the models named in ``preload`` are loaded."""
         ok = request.app.state.ready
         body = {"status": "ready" if ok else "loading", "loaded": [m.name for m in engine.ps()]}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["ops"], dependencies=guarded)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        dependencies=guarded,
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **ERRORS,
+        },
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_exception_handler(ForgeError, _forge_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
-    if settings.cors_origins:
+    app.add_exception_handler(ForgeError, forge_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, bad_request)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    if settings.cors_origins:  # innermost: it answers preflights SiteGuard let through
+        pattern = origin_pattern(settings.cors_origins)
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origin_regex=pattern.pattern if pattern else None,
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["*"],
         )
-    app.add_middleware(RequestContext, metrics=metrics, max_body=settings.max_body_bytes)
+    app.add_middleware(
+        SiteGuard,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        origins=settings.cors_origins,
+    )
+    app.add_middleware(
+        RequestContext,
+        metrics=metrics,
+        max_body=settings.max_body_bytes,
+        send_timeout=settings.send_timeout,
+    )
     if settings.otel_endpoint or tracer_provider is not None:
         from .tracing import instrument
 
@@ -130,27 +169,3 @@ async def _preload(app: FastAPI, engine: AsyncEngine, models: list[str]) -> None
         log.error("preload failed: %s", e)
         return
     app.state.ready = True
-
-
-def _error_body(request: Request, e: BaseException, message: str) -> dict[str, Any]:
-    if request.url.path.startswith("/v1/"):
-        return openai_error(e)
-    return {"error": message}
-
-
-async def _forge_error(request: Request, e: ForgeError) -> JSONResponse:
-    headers = {}
-    if isinstance(e, RateLimited):
-        headers["Retry-After"] = str(max(1, round(e.retry_after)))
-    if e.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(_error_body(request, e, str(e)), status_code=e.status, headers=headers)
-
-
-async def _bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
-    first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    message = f"invalid request: {where + ': ' if where else ''}{first.get('msg', '')}"
-    err = ForgeError(message)
-    err.status = 400
-    return JSONResponse(_error_body(request, err, message), status_code=400)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -30,13 +30,13 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def primed(items: AsyncIterator[T], timeout: float | None) -> AsyncIterator[T]:
+async def primed(items: AsyncIterator[T], timeout: float | None) -> AsyncGenerator[T, None]:
     """Wait for the first item now, so errors before any output keep their HTTP status;
     then stream the rest. ``timeout`` bounds the whole request, in seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     first = await _next(items, deadline)
 
-    async def rest() -> AsyncIterator[T]:
+    async def rest() -> AsyncGenerator[T, None]:
         try:
             item = first
             while True:

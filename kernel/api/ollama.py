@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from .. import __version__
-from ..config import parse_duration
 from ..errors import RequestError
 from ..progress import Progress
 from ..schema import (
+    Body,
     ChatRequest,
     Chunk,
     GenerateRequest,
@@ -23,7 +24,9 @@ from ..schema import (
     Message,
     Stats,
 )
+from ..store.policy import PullPolicy
 from ..toolcalls import extract_tool_calls
+from . import docs
 from .common import details, engine_of, iso, now_iso, primed, within
 from .streaming import ndjson
 
@@ -31,9 +34,7 @@ router = APIRouter(tags=["ollama"])
 KeepAlive = str | float | int | None
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _Body(Body):
     model: str = Field(min_length=1)
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
@@ -62,9 +63,7 @@ class GenerateBody(_Body):
     raw: bool = False
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
@@ -87,9 +86,7 @@ class EmbeddingsBody(_Body):
     prompt: str
 
 
-class NameBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class NameBody(Body):
     model: str = ""
     name: str = ""  # older clients send "name"
     stream: bool = True
@@ -101,7 +98,11 @@ class NameBody(BaseModel):
         return self.model or self.name
 
 
-class CopyBody(BaseModel):
+class PullBody(NameBody):
+    force: bool = False  # replace a model of another source that a URL's name would take
+
+
+class CopyBody(Body):
     source: str
     destination: str
 
@@ -133,9 +134,10 @@ async def _respond(
         return shape(body.model, Chunk(r.text, True, r.done_reason, r.stats, r.context))
     items = await primed(engine.stream(body.model, req, keep_alive=body.keep_alive), timeout)
 
-    async def encoded() -> AsyncIterator[dict[str, Any]]:
-        async for c in items:
-            yield shape(body.model, c)
+    async def encoded() -> AsyncGenerator[dict[str, Any], None]:
+        async with contextlib.aclosing(items):
+            async for c in items:
+                yield shape(body.model, c)
 
     return ndjson(encoded())
 
@@ -181,7 +183,7 @@ async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, k
     """Ollama's empty request: preload the model, or unload it with keep_alive 0."""
     engine = engine_of(request)
     name = engine.store.get(model).name
-    if parse_duration(keep_alive) == 0:
+    if engine.keep_alive_seconds(keep_alive) == 0:
         await engine.unload(name)
         reason = "unload"
     else:
@@ -193,7 +195,11 @@ async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, k
     return {"model": name, "created_at": now_iso(), **empty, "done": True, "done_reason": reason}
 
 
-@router.post("/api/generate")
+@router.post(
+    "/api/generate",
+    operation_id="generate",
+    responses=docs.answers(docs.GenerateAnswer, stream=docs.ndjson(docs.GenerateAnswer)),
+)
 async def generate(body: GenerateBody, request: Request) -> Any:
     _no_images(body.images)
     if not body.prompt and not body.context:
@@ -210,7 +216,11 @@ async def generate(body: GenerateBody, request: Request) -> Any:
     return await _respond(request, body, req, _generate_item)
 
 
-@router.post("/api/chat")
+@router.post(
+    "/api/chat",
+    operation_id="chat",
+    responses=docs.answers(docs.ChatAnswer, stream=docs.ndjson(docs.ChatAnswer)),
+)
 async def chat(body: ChatBody, request: Request) -> Any:
     for m in body.messages:
         _no_images(m.images)
@@ -228,7 +238,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
     return await _respond(request, body, req, _with_tool_calls() if body.tools else _chat_item)
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", operation_id="embed", responses=docs.answers(docs.EmbedAnswer))
 async def embed(body: EmbedBody, request: Request) -> dict[str, Any]:
     r = await engine_of(request).embed(
         body.model, body.input, truncate=body.truncate, keep_alive=body.keep_alive
@@ -242,13 +252,15 @@ async def embed(body: EmbedBody, request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/api/embeddings")
+@router.post(
+    "/api/embeddings", operation_id="embeddings", responses=docs.answers(docs.EmbeddingAnswer)
+)
 async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
     r = await engine_of(request).embed(body.model, body.prompt, keep_alive=body.keep_alive)
     return {"embedding": r.embeddings[0]}
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", operation_id="tags", responses=docs.answers(docs.Tags))
 async def tags(request: Request) -> dict[str, Any]:
     models = engine_of(request).store.list()
     return {
@@ -266,7 +278,7 @@ async def tags(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/api/show")
+@router.post("/api/show", operation_id="show", responses=docs.answers(docs.ShowAnswer))
 async def show(body: NameBody, request: Request) -> dict[str, Any]:
     m = engine_of(request).store.get(body.target)
     md = m.metadata
@@ -289,12 +301,12 @@ async def show(body: NameBody, request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/api/ps")
+@router.get("/api/ps", operation_id="ps", responses=docs.answers(docs.Ps))
 async def ps(request: Request) -> dict[str, Any]:
     engine = engine_of(request)
     rows = []
     for r in engine.ps():
-        m = engine.store.get(r.name)
+        m = engine.loaded_manifest(r.name)  # answers even once its manifest is removed
         left = r.expires_in if r.expires_in is not None else 10 * 365 * 86400.0
         rows.append(
             {
@@ -311,35 +323,47 @@ async def ps(request: Request) -> dict[str, Any]:
     return {"models": rows}
 
 
-@router.post("/api/pull")
-async def pull(body: NameBody, request: Request) -> Any:
+@router.post(
+    "/api/pull",
+    operation_id="pull",
+    responses=docs.answers(
+        docs.PullStatus, stream=docs.ndjson(docs.PullStatus), links=docs.PULL_LINKS
+    ),
+)
+async def pull(body: PullBody, request: Request) -> Any:
+    """Pull a catalog model or a URL, or register a file under ``pull_paths``."""
     engine = engine_of(request)
     spec = body.target
+    policy = PullPolicy.from_settings(request.app.state.settings, trusted=False)
+    engine.store.check_spec(spec, policy)  # a refusal keeps its status: before the stream
     if not body.stream:
-        await engine.pull(spec)
-        return {"status": "success"}
+        m = await engine.pull(spec, policy=policy, force=body.force)
+        return {"status": "success", "model": m.name}
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Progress | BaseException | None] = asyncio.Queue()
+    events: asyncio.Queue[Progress | BaseException | str] = asyncio.Queue()
 
     def report(p: Progress) -> None:
         loop.call_soon_threadsafe(events.put_nowait, p)
 
     async def run() -> None:
         try:
-            await engine.pull(spec, progress=report)
-        except BaseException as e:
-            events.put_nowait(e)
+            m = await engine.pull(spec, progress=report, policy=policy, force=body.force)
+        except asyncio.CancelledError:
             raise
+        except BaseException as e:  # handed to the stream, which raises it there
+            events.put_nowait(e)
         else:
-            events.put_nowait(None)
+            events.put_nowait(m.name)
 
     task = asyncio.create_task(run())
 
-    async def progress() -> AsyncIterator[dict[str, Any]]:
+    async def progress() -> AsyncGenerator[dict[str, Any], None]:
         try:
-            while (e := await events.get()) is not None:
+            while not isinstance(e := await events.get(), str):
                 if isinstance(e, BaseException):
                     raise e
+                if e.status == "success":  # said once, below, with the stored name
+                    continue
                 yield {
                     k: v
                     for k, v in {
@@ -350,6 +374,7 @@ async def pull(body: NameBody, request: Request) -> Any:
                     }.items()
                     if v is not None
                 }
+            yield {"status": "success", "model": e}
         finally:
             if not task.done():
                 task.cancel()
@@ -357,7 +382,7 @@ async def pull(body: NameBody, request: Request) -> Any:
     return ndjson(progress())
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", operation_id="delete", response_class=Response, responses=docs.EMPTY)
 async def delete(body: NameBody, request: Request) -> Response:
     engine = engine_of(request)
     name = engine.store.get(body.target).name
@@ -366,13 +391,18 @@ async def delete(body: NameBody, request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/copy")
+@router.post(
+    "/api/copy",
+    operation_id="copy",
+    response_class=Response,
+    responses={**docs.EMPTY, 200: {**docs.EMPTY[200], "links": docs.COPY_LINKS}},
+)
 async def copy(body: CopyBody, request: Request) -> Response:
     engine_of(request).store.cp(body.source, body.destination)
     return Response(status_code=200)
 
 
-@router.get("/api/version")
+@router.get("/api/version", operation_id="version", responses=docs.answers(docs.Version))
 async def version() -> dict[str, str]:
     return {"version": __version__}
 

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import RequestError
-from ..schema import ChatRequest, Chunk, Format, GenerateRequest, InferenceOptions, Message
+from ..schema import (
+    Body,
+    ChatRequest,
+    Chunk,
+    Format,
+    GenerateRequest,
+    InferenceOptions,
+    Message,
+)
 from ..toolcalls import extract_tool_calls
+from . import docs
 from .common import engine_of, primed, within
 from .streaming import sse
 
@@ -23,13 +33,11 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 _REASON = {"stop": "stop", "length": "length", "cancel": "stop", None: "stop"}
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ResponseFormat(Body):
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: dict[str, Any] | None = None
 
@@ -44,9 +52,7 @@ class ResponseFormat(BaseModel):
         return None
 
 
-class _Completion(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _Completion(Body):
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -69,9 +75,7 @@ class _Completion(BaseModel):
         )
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -94,9 +98,7 @@ class CompletionBody(_Completion):
     max_tokens: int | None = Field(16, ge=0)
 
 
-class EmbeddingsBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class EmbeddingsBody(Body):
     model: str = Field(min_length=1)
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
@@ -123,11 +125,12 @@ async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: 
     usage = body.stream_options is not None and body.stream_options.include_usage
     obj += ".chunk" if kind == "chatcmpl" else ""
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
         last = Chunk()
-        async for last in items:
-            if last.text:
-                yield head | {"object": obj, "choices": [piece(last.text, None, final=False)]}
+        async with contextlib.aclosing(items):
+            async for last in items:
+                if last.text:
+                    yield head | {"object": obj, "choices": [piece(last.text, None, False)]}
         yield head | {"object": obj, "choices": [piece("", _REASON[last.done_reason], False)]}
         if usage:
             yield head | {"object": obj, "choices": [], "usage": _usage(last)}
@@ -135,7 +138,11 @@ async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: 
     return sse(events())
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    operation_id="chat_completions",
+    responses=docs.answers(docs.ChatCompletion, stream=docs.SSE, errors=docs.OPENAI_ERRORS),
+)
 async def chat_completions(body: ChatBody, request: Request) -> Any:
     messages = [
         Message(role="system" if m.role == "developer" else m.role, content=m.text())
@@ -171,7 +178,11 @@ def _openai_call(i: int, call: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.post("/completions")
+@router.post(
+    "/completions",
+    operation_id="completions",
+    responses=docs.answers(docs.TextCompletion, stream=docs.SSE, errors=docs.OPENAI_ERRORS),
+)
 async def completions(body: CompletionBody, request: Request) -> Any:
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
@@ -187,7 +198,11 @@ async def completions(body: CompletionBody, request: Request) -> Any:
     return await _run(request, body, req, "cmpl", piece)
 
 
-@router.post("/embeddings")
+@router.post(
+    "/embeddings",
+    operation_id="openai_embeddings",
+    responses=docs.answers(docs.EmbeddingList, errors=docs.OPENAI_ERRORS),
+)
 async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
     r = await engine_of(request).embed(body.model, body.input)
 
@@ -219,13 +234,21 @@ def _model_card(name: str, created: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": ts, "owned_by": "ferrousforge"}
 
 
-@router.get("/models")
+@router.get(
+    "/models",
+    operation_id="openai_models",
+    responses=docs.answers(docs.ModelList, errors=docs.OPENAI_ERRORS),
+)
 async def models(request: Request) -> dict[str, Any]:
     found = engine_of(request).store.list()
     return {"object": "list", "data": [_model_card(m.name, m.created_at) for m in found]}
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}",
+    operation_id="openai_model",
+    responses=docs.answers(docs.ModelCard, errors=docs.OPENAI_ERRORS),
+)
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     m = engine_of(request).store.get(model_id)
     return _model_card(m.name, m.created_at)

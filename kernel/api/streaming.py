@@ -2,22 +2,29 @@
 
 Both take an async iterator of JSON-able dicts. An error after the response has started
 can no longer change the status code, so it arrives as a last ``{"error": ...}`` item.
+Every layer closes the one below it (``aclosing``): ``async for`` alone leaves an inner
+generator suspended when the outer one is closed, and the engine's stream would keep its
+model slot until the garbage collector came by.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from ..errors import ForgeError
+from .errors import openai_error
 
 log = logging.getLogger(__name__)
 
-Items = AsyncIterator[dict[str, Any]]
+Items = AsyncGenerator[dict[str, Any], None]
 
 
 def _dumps(item: dict[str, Any]) -> str:
@@ -26,8 +33,9 @@ def _dumps(item: dict[str, Any]) -> str:
 
 async def _guarded(items: Items, error: Callable[[BaseException], dict[str, Any]]) -> Items:
     try:
-        async for item in items:
-            yield item
+        async with contextlib.aclosing(items):  # closing a stream closes what feeds it
+            async for item in items:
+                yield item
     except ForgeError as e:
         yield error(e)
     except Exception as e:  # never a silent hang-up: the client gets a reason
@@ -35,32 +43,40 @@ async def _guarded(items: Items, error: Callable[[BaseException], dict[str, Any]
         yield error(e)
 
 
+class _Stream(StreamingResponse):
+    """A StreamingResponse that always closes its items: when the client leaves, and when a
+    send fails (a client that stopped reading), the generation behind them stops at once
+    and its model slot is free, instead of waiting for the garbage collector."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+
 def ndjson(items: Items) -> StreamingResponse:
     """One JSON object per line, as Ollama streams."""
 
     async def body() -> AsyncIterator[str]:
-        async for item in _guarded(items, lambda e: {"error": str(e)}):
-            yield _dumps(item) + "\n"
+        async with contextlib.aclosing(_guarded(items, lambda e: {"error": str(e)})) as guarded:
+            async for item in guarded:
+                yield _dumps(item) + "\n"
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return _Stream(body(), media_type="application/x-ndjson")
 
 
 def sse(items: Items, *, done: bool = True) -> StreamingResponse:
     """``data: {...}`` events, then ``data: [DONE]``, as OpenAI streams."""
 
     async def body() -> AsyncIterator[str]:
-        async for item in _guarded(items, openai_error):
-            yield f"data: {_dumps(item)}\n\n"
+        async with contextlib.aclosing(_guarded(items, openai_error)) as guarded:
+            async for item in guarded:
+                yield f"data: {_dumps(item)}\n\n"
         if done:
             yield "data: [DONE]\n\n"
 
-    return StreamingResponse(
-        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
-
-
-def openai_error(e: BaseException) -> dict[str, Any]:
-    """OpenAI's error body for any exception."""
-    status = e.status if isinstance(e, ForgeError) else 500
-    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {"error": {"message": str(e), "type": kind, "param": None, "code": status}}
+    return _Stream(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

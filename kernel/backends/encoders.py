@@ -8,7 +8,6 @@ and L2-normalized, as sentence-transformers does for all-MiniLM-L6-v2.
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from ..errors import (
     ContextOverflow,
     InvalidModelFile,
+    LimitExceeded,
     MissingExtra,
     ModelNotLoaded,
     UnsupportedTask,
@@ -150,9 +150,8 @@ class EncoderMold(abc.ABC):
         worker, self._worker, self._tok = self._worker, None, None
         if worker is not None:
             await worker.call(self._release)
-            worker.close()
             # Let the thread finish: a runtime's native thread pool must not outlive it at exit.
-            await asyncio.to_thread(worker.join, 10)
+            await worker.stop()
 
     def _release(self) -> None:
         """Drop the runtime's objects on the thread that made them."""
@@ -168,12 +167,18 @@ class EncoderMold(abc.ABC):
             raise ModelNotLoaded(f"{self.name} is not loaded")
         return self._tok, self._worker
 
-    def _embed(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[float]], int]:
+    def _embed(
+        self, texts: Sequence[str], truncate: bool, max_tokens: int | None = None
+    ) -> tuple[list[list[float]], int]:
         """Embed in slices of similar length, so short texts are not padded to the longest."""
         import numpy as np
 
         tok, _ = self._live()
         batch = tok.encode(texts, truncate)
+        if max_tokens is not None and batch.count > max_tokens:
+            raise LimitExceeded(
+                "the inputs' total tokens", batch.count, max_tokens, "max_embed_tokens"
+            )
         lengths = batch.attention_mask.sum(axis=1)
         order = np.argsort(lengths, kind="stable")
         vectors: list[list[float]] = [[] for _ in texts]
@@ -195,7 +200,7 @@ class EncoderMold(abc.ABC):
         if not isinstance(req, EmbedRequest):
             raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
         _, worker = self._live()
-        vectors, count = await worker.call(self._embed, req.input, req.truncate)
+        vectors, count = await worker.call(self._embed, req.input, req.truncate, req.max_tokens)
         return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
 
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:

@@ -7,7 +7,6 @@ wants (DESIGN.md §6).
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import os
@@ -57,7 +56,8 @@ class LlamaCppBackend:
         return found
 
     def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
-        """Weights plus an f16 KV cache for the context that will be allocated."""
+        """Weights plus two contexts' f16 KV caches and buffers: the one that generates and
+        the one that embeds (made on the first embed, and reserved now so that it fits)."""
         extra = manifest.metadata.extra
         n_ctx = _context(manifest, opts)
         layers = int(extra.get("block_count") or 0)
@@ -65,12 +65,19 @@ class LlamaCppBackend:
         heads = int(extra.get("head_count") or 1)
         kv_heads = int(extra.get("head_count_kv") or heads)
         kv = 2 * 2 * n_ctx * layers * (embd * kv_heads // max(heads, 1))
-        return manifest.size + kv + _OVERHEAD
+        return manifest.size + 2 * (kv + _OVERHEAD)
 
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("llama-cpp-python", "llama")
-        return LlamaCppMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+        memory = self.estimate_memory(manifest, opts)
+        if device.id != "cpu":  # the embedding context loads its own copy of the weights there
+            memory += manifest.size
+        return LlamaCppMold(manifest, device, opts, memory)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _context(manifest: Manifest, opts: LoadOptions) -> int:
@@ -110,6 +117,7 @@ class LlamaCppMold:
                     threads=self._opts.threads or os.cpu_count() or 1,
                     gpu_layers=layers if gpu else 0,
                     main_gpu=int(self.device.split(":")[1]) if gpu else -1,
+                    max_grammar_bytes=_int(self._opts.extra.get("max_grammar_bytes")),
                 )
             )
         except BaseException:
@@ -127,8 +135,7 @@ class LlamaCppMold:
         self._runtime = self._worker = None
         if rt is not None and worker is not None:
             await worker.call(rt.close)
-            worker.close()
-            await asyncio.to_thread(worker.join, 10)
+            await worker.stop()
 
     @property
     def is_loaded(self) -> bool:
@@ -171,7 +178,8 @@ class LlamaCppMold:
     async def infer(self, req: Request) -> Result:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
-            vectors, count = await worker.call(rt.embed, req.input, req.truncate)
+            vectors, count = await worker.call(rt.embed, req.input, req.truncate, req.max_tokens)
+            self.memory = max(self.memory, self.metadata.size + rt.held_bytes + 2 * _OVERHEAD)
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
         chunks = await worker.collect(self._generation(rt, req))  # no per-token hand-offs
         last = chunks[-1]

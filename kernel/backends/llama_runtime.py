@@ -18,7 +18,14 @@ from typing import Any
 
 import llama_cpp
 
-from ..errors import ContextOverflow, InferenceError, InvalidModelFile, UnsupportedTask
+from ..errors import (
+    ContextOverflow,
+    InvalidFormat,
+    InvalidModelFile,
+    InvalidTemplate,
+    LimitExceeded,
+    UnsupportedTask,
+)
 from ..schema import Chunk, Format, InferenceOptions, Message, Stats
 from ..stops import StopMatcher
 
@@ -42,6 +49,17 @@ def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
 # ctypes must keep the callback alive for as long as llama.cpp may call it: module lifetime.
 llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p(0))
 
+
+def json_schema_to_gbnf(schema: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    return str(convert(schema))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
 # Ollama's sampling defaults, so answers look the same as there.
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1}
 RANDOM_SEED = 0xFFFFFFFF
@@ -49,7 +67,14 @@ RANDOM_SEED = 0xFFFFFFFF
 
 class LlamaRuntime:
     def __init__(
-        self, path: str, *, n_ctx: int, threads: int, gpu_layers: int, main_gpu: int = 0
+        self,
+        path: str,
+        *,
+        n_ctx: int,
+        threads: int,
+        gpu_layers: int,
+        main_gpu: int = 0,
+        max_grammar_bytes: int | None = None,
     ) -> None:
         self._kw: dict[str, Any] = dict(
             model_path=path,
@@ -67,6 +92,7 @@ class LlamaRuntime:
         except (ValueError, RuntimeError, OSError) as e:
             raise InvalidModelFile(f"llama.cpp cannot load {path}: {e}") from e
         self._embedder: llama_cpp.Llama | None = None
+        self.max_grammar_bytes = max_grammar_bytes
         self.n_ctx = self.llm.n_ctx()
         self._vocab = self.llm._model.vocab
         self._pieces: dict[int, bytes] = {}
@@ -100,7 +126,7 @@ class LlamaRuntime:
         try:
             return str(self._formatter(messages=msgs, tools=tools).prompt)
         except Exception as e:  # jinja errors and the template's raise_exception
-            raise InferenceError(f"chat template failed: {e}") from e
+            raise InvalidTemplate(f"the chat template failed: {_one_line(e)}") from e
 
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         return list(self.llm.tokenize(text.encode(), add_bos=add_special, special=True))
@@ -122,26 +148,41 @@ class LlamaRuntime:
 
     # -- generation ------------------------------------------------------------------
 
-    def prompt_tokens(self, prompt: str, prefix: Sequence[int] = ()) -> list[int]:
+    def prompt_tokens(
+        self, prompt: str, prefix: Sequence[int] = (), n_ctx: int | None = None
+    ) -> list[int]:
         bos = self._text(self.llm.token_bos())
         first = not prefix and not (bos and prompt.startswith(bos))
         tokens = [*prefix, *self.tokenize(prompt, add_special=first)]
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflow(len(tokens), self.n_ctx)
+        limit = n_ctx or self.n_ctx
+        if len(tokens) >= limit:
+            raise ContextOverflow(len(tokens), limit)
         return tokens
 
     def grammar(self, fmt: Format) -> Any:
-        """A llama.cpp grammar that forces JSON, or JSON matching a schema."""
+        """A llama.cpp grammar that forces JSON, or JSON matching a schema; a 400 for one
+        too large or one llama.cpp refuses (its NULL sampler would crash the process)."""
         if fmt is None:
             return None
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         try:
-            if fmt == "json":
-                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-            return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+            text = JSON_GBNF if fmt == "json" else json_schema_to_gbnf(json.dumps(fmt))
         except Exception as e:  # a schema the converter cannot express
-            raise InferenceError(f"cannot use this format: {e}") from e
+            raise InvalidFormat(f"cannot use this format: {_one_line(e)}") from e
+        size = len(text.encode())
+        if self.max_grammar_bytes is not None and size > self.max_grammar_bytes:
+            raise LimitExceeded(
+                "format: the grammar's size in bytes",
+                size,
+                self.max_grammar_bytes,
+                "max_grammar_bytes",
+            )
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
+        if not sampler:
+            raise InvalidFormat("cannot use this format: llama.cpp refuses its grammar")
+        llama_cpp.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(text, verbose=False)
 
     def generate(
         self,
@@ -155,11 +196,13 @@ class LlamaRuntime:
         """Stream the completion of ``prefix`` tokens + ``prompt``; stops at end-of-generation,
         a stop string, ``max_tokens``, the end of the context, or ``cancel``."""
         start = time.perf_counter_ns()
-        tokens = self.prompt_tokens(prompt, prefix)
+        n_ctx = min(self.n_ctx, options.num_ctx or self.n_ctx)  # a request may ask for less
+        tokens = self.prompt_tokens(prompt, prefix, n_ctx)
         grammar = self.grammar(fmt)
+        yield Chunk(stats=Stats(prompt_eval_count=len(tokens)))  # counted even if cut short
         answer: list[int] = []
         o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
-        budget = self.n_ctx - len(tokens)
+        budget = n_ctx - len(tokens)
         if (limit := o.get("max_tokens")) is not None and limit >= 0:
             budget = min(budget, limit)
         self.llm.set_seed(RANDOM_SEED if options.seed is None else options.seed & 0xFFFFFFFF)
@@ -206,7 +249,9 @@ class LlamaRuntime:
 
     # -- embeddings ------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: Sequence[str], truncate: bool, max_tokens: int | None = None
+    ) -> tuple[list[list[float]], int]:
         """L2-normalized, pooled embeddings (mean pooling unless the model says otherwise)."""
         llm = self._embedding_context()
         count = 0
@@ -215,6 +260,8 @@ class LlamaRuntime:
             if n > llm.n_ctx() and not truncate:
                 raise ContextOverflow(n, llm.n_ctx())
             count += min(n, llm.n_ctx())
+        if max_tokens is not None and count > max_tokens:
+            raise LimitExceeded("the inputs' total tokens", count, max_tokens, "max_embed_tokens")
         vectors = llm.embed(list(texts), normalize=True, truncate=True)
         return [list(map(float, v)) for v in vectors], count
 
@@ -232,6 +279,13 @@ class LlamaRuntime:
                 **self._kw,
             )
         return self._embedder
+
+    @property
+    def held_bytes(self) -> int:
+        """The state both contexts hold (the KV caches and their buffers), weights aside."""
+        embedder = self._embedder
+        extra = int(llama_cpp.llama_state_get_size(embedder.ctx)) if embedder is not None else 0
+        return self.state_size + extra
 
     def close(self) -> None:
         for llm in (self._embedder, self.llm):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..config import load_settings
-from ..errors import ModelNotFound
+from ..errors import ConfigError, ModelNotFound
 from ..mold import LoadOptions
 from ..runstate import read_all
 from ..schema import Chunk, Message
@@ -173,9 +173,9 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         preload=args.preload,
-        api_keys=args.api_keys,
-        api_keys_file=args.api_keys_file,
         log_format=args.log_format,
+        pull_paths=args.pull_paths,
+        **_server_flags(args),
     )
     configure(args.log_level or "INFO", settings.log_format)
     for name in settings.preload:  # catalog models are pulled first, with progress
@@ -204,11 +204,27 @@ def web(args: argparse.Namespace) -> int:
         return 0
     if not webapp.built():
         err("the browser runtimes are not built yet: run `npm ci && npm run build` (./dev.sh does)")
-    settings = load_settings(host=args.host, port=args.port)
+    settings = load_settings(host=args.host, port=args.port, **_server_flags(args))
     configure(args.log_level or "INFO", settings.log_format)
     out(f"the browser demo: http://{settings.host}:{settings.port}/web/")
     run_server(settings)
     return 0
+
+
+def _server_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Keys and site settings from the flags (``--api-key @FILE`` names a keys file)."""
+    keys = [k for k in args.api_keys or [] if not k.startswith("@")]
+    files = [k[1:] for k in args.api_keys or [] if k.startswith("@")]
+    if args.api_keys_file:
+        files.append(args.api_keys_file)
+    if len(files) > 1:
+        raise ConfigError("name one keys file (--api-key @FILE or --api-keys-file), not several")
+    return {
+        "api_keys": keys or None,
+        "api_keys_file": files[0] if files else None,
+        "cors_origins": args.cors_origins,
+        "allowed_hosts": args.allowed_hosts,
+    }
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -295,11 +311,32 @@ def pull(args: argparse.Namespace) -> int:
     bars = ProgressBars()
     with _engine() as engine:
         try:
-            m = engine.pull(args.spec, name=args.name, sha256=args.sha256, progress=bars)
+            m = engine.pull(
+                args.spec, name=args.name, sha256=args.sha256, progress=bars, force=args.force
+            )
         finally:
             bars.close()
     out(f"pulled {m.name} ({m.format}, {size(m.size)}, sha256 {m.sha256[:12]})")
     return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from ..store.store import Store
+
+    s = load_settings()
+    store = Store(s.home, partial_max_age=s.partial_max_age)
+    for path in store.sweep():
+        out(f"removed {path} (left by a crash)")
+    bars = ProgressBars()
+    try:
+        problems = store.check(bars)
+    finally:
+        bars.close()
+    for name, problem in problems.items():
+        err(f"{name}: {problem}; pull it again")
+    count = len(store.list())
+    out(f"checked {count} model{'s' * (count != 1)}: {count - len(problems)} ok")
+    return 1 if problems else 0
 
 
 def list_models(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ FerrousForge runs ML models locally through one engine.
   forge pull smollm2:135m          fetch a model (catalog name, local file/folder, or URL)
   forge run smollm2:135m           chat with it; add a prompt to answer once and exit
   forge list / show / rm / cp      manage the model store ($FORGE_HOME, ~/.ferrousforge)
+  forge check                      verify every model's files, sweep what crashes left
   forge ps / devices               what is loaded, and what hardware can run it
   forge serve                      the Ollama/OpenAI-compatible API on 127.0.0.1:11434
   forge web                        the in-browser demo and forge.js on 127.0.0.1:11435/web/
@@ -80,15 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="load this model at start and keep it (repeatable)",
     )
-    p.add_argument(
-        "--api-key",
-        action="append",
-        dest="api_keys",
-        metavar="KEY",
-        help="require this key (or sha256:<hex>) as Authorization: Bearer",
-    )
-    p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
+    _key_flags(p)
     p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument(
+        "--pull-path",
+        action="append",
+        dest="pull_paths",
+        metavar="DIR",
+        help="let /api/pull register files under DIR (repeatable; default: none over HTTP)",
+    )
+    _site_flags(p)
 
     p = cmd(
         "web",
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=11435, help="port (default 11435)")
+    _key_flags(p)
+    _site_flags(p)
     p.add_argument(
         "--export",
         type=Path,
@@ -154,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="catalog name (smollm2:135m), local file or folder, or URL")
     p.add_argument("--name", help="store it under this name")
     p.add_argument("--sha256", help="expected digest of a downloaded file")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a model of another source that the file's or URL's name would take",
+    )
+
+    cmd(
+        "check",
+        "Verify every model's files against its manifest, and sweep what crashes left",
+        commands.check,
+    )
 
     cmd("list", "List the models in the store", commands.list_models)
 
@@ -179,6 +194,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     _load_flags(p)
     return parser
+
+
+def _key_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="require this key (or sha256:<hex>) as Authorization: Bearer; @FILE reads keys "
+        "from FILE, and FORGE_API_KEYS=k1,k2 works too, so keys stay out of `ps`",
+    )
+    p.add_argument("--api-keys-file", metavar="FILE", help="one key or sha256:<hex> per line")
+
+
+def _site_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (https://app.example, http://localhost:*) call the API; "
+        "other sites' pages are refused",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="accept this Host name too (a proxy's); other names are refused on 127.0.0.1",
+    )
 
 
 def shape_list(text: str) -> list[tuple[int, int]]:

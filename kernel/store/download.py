@@ -9,18 +9,20 @@ place only when complete and verified.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
-from ..errors import DownloadFailed
+from ..errors import DiskFull, DownloadFailed, LimitExceeded
 from ..progress import Progress, ProgressCallback, ignore
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,18 @@ def download(
     headers: Mapping[str, str] | None = None,
     timeout: float | httpx.Timeout = 30.0,
     status: str | None = None,
+    max_bytes: int | None = None,
 ) -> str:
     """Download ``url`` to ``dest`` atomically, resuming a previous partial; return its sha256.
 
     ``timeout`` applies only to the client created here. Raises DownloadFailed for network and
-    HTTP errors (the partial is kept for a resume) and for a digest mismatch (it is deleted).
+    HTTP errors (the partial is kept for a resume); for a digest mismatch, a file over
+    ``max_bytes`` (LimitExceeded) or a full disk (DiskFull) the partial is deleted.
     """
     own = client is None
     http = client if client is not None else httpx.Client(timeout=timeout, follow_redirects=True)
     try:
-        return _Download(url, dest, sha256, progress, http, headers, status).run()
+        return _Download(url, dest, sha256, progress, http, headers, status, max_bytes).run()
     finally:
         if own:
             http.close()
@@ -71,8 +75,9 @@ class _Download:
         client: httpx.Client,
         headers: Mapping[str, str] | None,
         status: str | None,
+        max_bytes: int | None = None,
     ) -> None:
-        self.url, self.dest, self.client = url, dest, client
+        self.url, self.dest, self.client, self.max_bytes = url, dest, client, max_bytes
         self.expected = sha256.lower() if sha256 else None
         self.progress = progress
         self.headers = {"Accept-Encoding": "identity", **(headers or {})}
@@ -90,7 +95,16 @@ class _Download:
                 reason = str(err) or type(err).__name__
                 raise DownloadFailed(f"download of {self.url} failed: {reason}") from err
             except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    self._discard()  # nothing half-written stays behind
+                    raise DiskFull(
+                        f"cannot store {self.url}: {err.strerror or err}; "
+                        "free some disk space and pull again"
+                    ) from err
                 raise DownloadFailed(f"cannot write {self.partial}: {err.strerror or err}") from err
+            except LimitExceeded:
+                self._discard()
+                raise
             if done is not None:
                 return self._finish(*done)
             self._discard()
@@ -148,6 +162,7 @@ class _Download:
                 offset, hasher, mode = 0, hashlib.sha256(), "wb"
                 length = resp.headers.get("content-length")
                 total = int(length) if length and length.isdigit() else None
+            self._check_room(total, offset)
             self._save_state(resp)
             with self.partial.open(mode) as f:
                 size = self._stream(resp, f, hasher, offset, total)
@@ -162,6 +177,13 @@ class _Download:
         next_event = done
         try:
             for block in resp.iter_raw():
+                if self.max_bytes is not None and done + len(block) > self.max_bytes:
+                    raise LimitExceeded(
+                        f"the download of {self.url}",
+                        f"over {self.max_bytes} bytes",
+                        self.max_bytes,
+                        "pull_max_bytes",
+                    )
                 f.write(block)
                 hasher.update(block)
                 done += len(block)
@@ -173,6 +195,21 @@ class _Download:
             os.fsync(f.fileno())
         self._event(total, done)
         return done
+
+    def _check_room(self, total: int | None, offset: int) -> None:
+        """Refuse at once what cannot fit: over ``max_bytes``, or over the free disk."""
+        if total is None:
+            return
+        if self.max_bytes is not None and total > self.max_bytes:
+            raise LimitExceeded(
+                f"the size of {self.url}", f"{total} bytes", self.max_bytes, "pull_max_bytes"
+            )
+        free = shutil.disk_usage(self.partial.parent).free
+        if total - offset > free:
+            raise DiskFull(
+                f"cannot store {self.url}: it needs {total - offset} bytes, "
+                f"{free} are free on {self.partial.parent}"
+            )
 
     def _hash_prefix(self, size: int) -> Any:
         hasher = hashlib.sha256()

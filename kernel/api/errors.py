@@ -1,0 +1,70 @@
+"""Errors as HTTP answers, in one place. Each ForgeError carries its status; paths under
+``/v1/`` get OpenAI's error body, the rest Ollama's ``{"error": "..."}``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import Send
+
+from ..errors import ForgeError, RateLimited, RequestError
+
+
+def openai_error(e: BaseException) -> dict[str, Any]:
+    """OpenAI's error body for any exception."""
+    status = e.status if isinstance(e, ForgeError) else 500
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return {"error": {"message": str(e), "type": kind, "param": None, "code": status}}
+
+
+def body(path: str, e: BaseException) -> dict[str, Any]:
+    """The error body for ``e`` on ``path``."""
+    return openai_error(e) if path.startswith("/v1/") else {"error": str(e)}
+
+
+def headers(e: ForgeError) -> dict[str, str]:
+    found = {}
+    if isinstance(e, RateLimited):
+        found["Retry-After"] = str(max(1, round(e.retry_after)))
+    if e.status == 401:
+        found["WWW-Authenticate"] = "Bearer"
+    return found
+
+
+async def forge_error(request: Request, e: ForgeError) -> JSONResponse:
+    """The exception handler for every ForgeError a route raises."""
+    return JSONResponse(body(request.url.path, e), status_code=e.status, headers=headers(e))
+
+
+async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    """Starlette's own answers (no such route, method not allowed) in the API's shape."""
+    err = RequestError(str(e.detail) if e.detail else "request refused")
+    err.status = e.status_code
+    return JSONResponse(
+        body(request.url.path, err), status_code=e.status_code, headers=dict(e.headers or {})
+    )
+
+
+async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
+    """A body that does not validate: 400, naming the first bad field."""
+    first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    err = RequestError(f"invalid request: {where + ': ' if where else ''}{first.get('msg', '')}")
+    return JSONResponse(body(request.url.path, err), status_code=400)
+
+
+async def refuse(send: Send, path: str, e: ForgeError, extra: dict[str, str] | None = None) -> None:
+    """Answer ``e`` from ASGI middleware, before any route ran."""
+    data = json.dumps(body(path, e)).encode()
+    raw: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    raw += [(k.lower().encode(), v.encode()) for k, v in {**headers(e), **(extra or {})}.items()]
+    await send({"type": "http.response.start", "status": e.status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
