@@ -27,7 +27,7 @@ from .hooks import Hooks, InferenceEvent, ModelEvent, current_client, current_re
 from .limits import Limits
 from .mold import Device, LoadOptions, Mold
 from .progress import Progress, ProgressCallback, ignore
-from .runstate import RunState, read_all
+from .runstate import RunState
 from .scheduler import Lease, Runner, Scheduler
 from .schema import (
     ChatRequest,
@@ -89,12 +89,10 @@ class AsyncEngine:
             partial_max_age=s.partial_max_age,
         )
         self._held: dict[str, Manifest] = {}  # the manifest each loaded model came from
-        # A blob stays while a model made from it is loaded, here or in another process
-        # on this home (each publishes its loaded models' paths in run/<pid>.json).
-        self.store.in_use = lambda: (
-            {m.path for m in self._held.values()}
-            | {str(row.get("path")) for row in read_all(self.store.home)}
-        )
+        # A blob stays while a model made from it is loaded, here (before run/<pid>.json
+        # says so) or in another process on this home.
+        published = self.store.in_use
+        self.store.in_use = lambda: {m.path for m in self._held.values()} | set(published())
         self.backends = backends or Backends.discover()
         self.scheduler = Scheduler(
             max_loaded=s.max_loaded_models,

@@ -79,6 +79,15 @@ class ProxyHandler(APIHandler):
             headers["Content-Type"] = self.request.headers["Content-Type"]
         query = _without_token(self.request.query)
         target = "/" + path + (f"?{query}" if query else "")
+        try:
+            await self._relay(target, headers)
+        except httpx.TransportError as e:  # before any byte went out: a JSON 502
+            if self._headers_written:
+                raise
+            self.set_status(502)
+            self.finish({"error": f"the engine is unreachable: {e or type(e).__name__}"})
+
+    async def _relay(self, target: str, headers: dict[str, str]) -> None:
         async with (
             httpx.AsyncClient(base_url=self.backend.url, timeout=None) as client,
             client.stream(

@@ -174,6 +174,8 @@ class Scheduler:
         registered (and later reaped) instead of held by a thread nobody tracks.
         """
         task = self._loading.get(key)
+        if task is not None and task.done():  # finished, its runner perhaps already gone
+            task = None
         started = task is None
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load_in_turn(key, factory))
@@ -194,8 +196,14 @@ class Scheduler:
             task.exception()  # retrieved: a load nobody waits for any more is not an error
 
     async def _load_in_turn(self, key: str, factory: MoldFactory) -> Runner:
-        async with self._load_lock:  # one load at a time: each sees the others' memory
-            return await self._load(key, factory)
+        try:
+            async with self._load_lock:  # one load at a time: each sees the others' memory
+                return await self._load(key, factory)
+        finally:
+            # Gone from _loading as it ends, not a loop turn later in _loaded: a waiter that
+            # finds its runner unloaded must start a new load, not await this one forever.
+            if self._loading.get(key) is asyncio.current_task():
+                del self._loading[key]
 
     async def _load(self, key: str, factory: MoldFactory) -> Runner:
         mold = await factory()

@@ -39,6 +39,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(proc: subprocess.Popen[Any], grace: float = 15) -> None:
+    """Terminate a server this test started, killing it if it will not go in ``grace`` s."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def write_notebook(path: Path, *cells: str) -> None:
     path.write_text(
         json.dumps(

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from .conftest import MakeGGUF
-from .labharness import free_port
+from .labharness import free_port, stop
 from .nullmodels import add_null_model
 
 pytest.importorskip("jupyter_server", reason="the jupyter extra is not installed")
@@ -68,12 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         yield Server(url, home, root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         proc.stderr.close()  # type: ignore[union-attr]
 
 
@@ -297,3 +292,9 @@ async def test_the_ui_shows_engine_errors_as_a_page() -> None:
         r = await client.get(f"{url}/forge/ui")
     assert r.status_code == 502 and r.headers["content-type"].startswith("text/html")
     assert "is unreachable" in r.text and "Traceback" not in r.text
+
+
+async def test_the_proxy_answers_a_json_502_when_the_engine_is_down() -> None:
+    async with extension(None) as url, httpx.AsyncClient(headers=auth()) as client:
+        r = await client.get(f"{url}/forge/api/tags")
+    assert r.status_code == 502 and "the engine is unreachable" in r.json()["error"]

@@ -252,3 +252,35 @@ async def test_unload_busy_model_waits_for_idle(clock: Clock, log: list[str]) ->
     gate.set()
     await holder
     assert "a" not in s.runners
+
+
+@pytest.mark.timeout(10)
+async def test_a_request_for_a_model_unloaded_as_its_load_ended_loads_it_again(
+    clock: Clock, log: list[str]
+) -> None:
+    """Found by the soak: the load task ended, an unload removed its runner in the same loop
+    turn, and the next request found the finished task still listed, awaited it (which
+    returns without yielding) and looped forever, freezing the whole server."""
+    s = make(clock)
+    raced: list[str] = []
+
+    class Racing(FakeMold):
+        async def load(self) -> None:
+            await super().load()
+            asyncio.get_running_loop().create_task(racer())  # runs before the done-callbacks
+
+    async def racer() -> None:
+        await s.unload("a")
+        async with s.acquire("a", factory("a", log)):
+            raced.append("served")
+
+    async def racing_factory() -> Mold:
+        return Racing("a", MB, log)
+
+    async with s.acquire("a", racing_factory):
+        pass
+    for _ in range(50):
+        if raced:
+            break
+        await asyncio.sleep(0.01)
+    assert raced == ["served"] and log.count("load a") == 2

@@ -23,6 +23,7 @@ from ferrousforge.errors import Interrupted, ModelNotFound
 
 from .apiserver import running
 from .conftest import FileServer
+from .labharness import free_port, stop
 from .nullmodels import add_null_model
 from .tinymodel import write_tiny_gguf
 
@@ -226,7 +227,7 @@ def test_keys_from_the_environment_and_files_stay_out_of_ps(
     assert ff.Settings(home=tmp_path).api_keys == ["gamma"]
     keys = tmp_path / "keys"
     keys.write_text("delta\n")
-    port = _free_port()
+    port = free_port()
     env = {"FORGE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-m", "ferrousforge", "web", "--port", str(port), "--api-key",
            f"@{keys}"]  # fmt: skip
@@ -239,8 +240,7 @@ def test_keys_from_the_environment_and_files_stay_out_of_ps(
         assert httpx.get(url + "/web/models.json").status_code == 401
         assert "delta" not in " ".join(proc_cmdline(proc.pid))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
         if proc.stderr:
             proc.stderr.close()
 
@@ -261,9 +261,3 @@ def _wait(url: str, proc: subprocess.Popen[Any]) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError("forge web did not start")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -157,13 +157,15 @@ def test_disconnect_stops_a_real_generation(server: Running) -> None:
 
 
 def test_the_embedding_context_counts_against_the_memory_budget(engine: ff.Engine) -> None:
-    """The embedding context is a second llama.cpp context with its own KV cache: once made,
-    what ``ps`` reports (and the budget counts) holds both contexts' state."""
+    """The embedding context is a second llama.cpp context: its KV cache and a compute
+    buffer that logits every token of a whole context (about n_ctx × n_vocab × 4 bytes).
+    What ``ps`` reports, and the budget counts, grows by it once it is made."""
     engine.unload(MODEL)
     engine.load(MODEL)
+    before = next(m.memory for m in engine.ps() if m.name == MODEL)
     engine.embed(MODEL, "a cat sits")
-    runner = engine._engine.scheduler.runners[MODEL]
-    runtime = runner.mold._runtime  # type: ignore[attr-defined]
-    assert runtime.held_bytes > runtime.state_size > 0  # two contexts now
-    reported = next(m.memory for m in engine.ps() if m.name == MODEL)
-    assert reported >= engine.show(MODEL).size + runtime.held_bytes
+    after = next(m.memory for m in engine.ps() if m.name == MODEL)
+    vocab = int(engine.show(MODEL).metadata.extra["vocab_size"])
+    assert after - before >= 2048 * vocab * 4  # num_ctx 2048: at least the logits buffer
+    runtime = engine._engine.scheduler.runners[MODEL].mold._runtime  # type: ignore[attr-defined]
+    assert after == engine.show(MODEL).size + runtime.held_bytes

@@ -56,8 +56,9 @@ class LlamaCppBackend:
         return found
 
     def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
-        """Weights plus two contexts' f16 KV caches and buffers: the one that generates and
-        the one that embeds (made on the first embed, and reserved now so that it fits)."""
+        """Weights, an f16 KV cache for the context that will be allocated, and the compute
+        buffer (logits for a 512-token batch dominate it). Measured after the load; the
+        embedding context, made on the first embed, is measured and added then."""
         extra = manifest.metadata.extra
         n_ctx = _context(manifest, opts)
         layers = int(extra.get("block_count") or 0)
@@ -65,13 +66,14 @@ class LlamaCppBackend:
         heads = int(extra.get("head_count") or 1)
         kv_heads = int(extra.get("head_count_kv") or heads)
         kv = 2 * 2 * n_ctx * layers * (embd * kv_heads // max(heads, 1))
-        return manifest.size + 2 * (kv + _OVERHEAD)
+        compute = 512 * 4 * int(extra.get("vocab_size") or 0)
+        return manifest.size + kv + compute + _OVERHEAD
 
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("llama-cpp-python", "llama")
         memory = self.estimate_memory(manifest, opts)
-        if device.id != "cpu":  # the embedding context loads its own copy of the weights there
+        if device.id != "cpu":  # the weights' copy on the device, beside the mapped file
             memory += manifest.size
         return LlamaCppMold(manifest, device, opts, memory)
 
@@ -126,9 +128,15 @@ class LlamaCppMold:
             raise
         rt = self._runtime
         self.context_length = rt.n_ctx
-        self.memory = max(self.memory, self.metadata.size + rt.state_size)
+        self._measure(rt)
         if not rt.embed_only:
             self.tasks = self.tasks | {"generate"} | ({"chat"} if rt.template else set())
+
+    def _measure(self, rt: LlamaRuntime) -> None:
+        """What the scheduler's budget counts: the mapped file and every context's buffers
+        (llama.cpp's own figures; the estimate stays if it said none)."""
+        if rt.held_bytes:
+            self.memory = self.metadata.size + rt.held_bytes
 
     async def unload(self) -> None:
         rt, worker = self._runtime, self._worker
@@ -179,7 +187,7 @@ class LlamaCppMold:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
             vectors, count = await worker.call(rt.embed, req.input, req.truncate, req.max_tokens)
-            self.memory = max(self.memory, self.metadata.size + rt.held_bytes + 2 * _OVERHEAD)
+            self._measure(rt)  # the first embed made a second context: it counts from now
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
         chunks = await worker.collect(self._generation(rt, req))  # no per-token hand-offs
         last = chunks[-1]

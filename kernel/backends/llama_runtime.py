@@ -8,9 +8,11 @@ weights are in memory once.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,12 +40,34 @@ log = logging.getLogger("ferrousforge.llama_cpp")
 _LEVELS = {3: logging.INFO, 4: logging.ERROR}
 
 
+# "CPU KV buffer size = 45.00 MiB", "CUDA0 compute buffer size = ...": what a context
+# allocates, as llama.cpp reports it while creating one. CPU_Mapped buffers are the model
+# file's pages (its size counts them once); every other buffer is memory held.
+_BUFFER = re.compile(r"(\w+)\s+(?:\w+ )?buffer size =\s*([0-9.]+) MiB")
+_measuring = threading.local()
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
     """llama.cpp's own log lines go to logging, not straight to stderr."""
+    line = text.decode(errors="replace").rstrip()
+    sizes = getattr(_measuring, "sizes", None)
+    if sizes is not None and (m := _BUFFER.search(line)) and "Mapped" not in m.group(1):
+        sizes.append(int(float(m.group(2)) * 2**20))
     lvl = _LEVELS.get(level, logging.DEBUG)
     if log.isEnabledFor(lvl):
-        log.log(lvl, "%s", text.decode(errors="replace").rstrip())
+        log.log(lvl, "%s", line)
+
+
+@contextlib.contextmanager
+def _buffers() -> Iterator[list[int]]:
+    """The sizes of the buffers llama.cpp allocates in this block, on this thread."""
+    sizes: list[int] = []
+    _measuring.sizes = sizes
+    try:
+        yield sizes
+    finally:
+        _measuring.sizes = None
 
 
 # ctypes must keep the callback alive for as long as llama.cpp may call it: module lifetime.
@@ -88,9 +112,11 @@ class LlamaRuntime:
             verbose=False,
         )
         try:
-            self.llm = llama_cpp.Llama(n_ctx=n_ctx, **self._kw)
+            with _buffers() as sizes:
+                self.llm = llama_cpp.Llama(n_ctx=n_ctx, **self._kw)
         except (ValueError, RuntimeError, OSError) as e:
             raise InvalidModelFile(f"llama.cpp cannot load {path}: {e}") from e
+        self._held = [sum(sizes)]  # bytes each context allocated beyond the mapped file
         self._embedder: llama_cpp.Llama | None = None
         self.max_grammar_bytes = max_grammar_bytes
         self.n_ctx = self.llm.n_ctx()
@@ -109,7 +135,6 @@ class LlamaRuntime:
             )
         arch = meta.get("general.architecture", "")
         self.embed_only = f"{arch}.pooling_type" in meta or "bert" in arch
-        self.state_size = int(llama_cpp.llama_state_get_size(self.llm.ctx))
 
     def _text(self, token: int) -> str:
         return "" if token < 0 else self.llm._model.token_get_text(token)
@@ -270,22 +295,25 @@ class LlamaRuntime:
             meta = self.llm.metadata
             arch = meta.get("general.architecture", "")
             pooling = int(meta.get(f"{arch}.pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN))
-            self._embedder = llama_cpp.Llama(
-                n_ctx=self.n_ctx,
-                n_batch=self.n_ctx,
-                n_ubatch=self.n_ctx,
-                embedding=True,
-                pooling_type=pooling,
-                **self._kw,
-            )
+            with _buffers() as sizes:
+                self._embedder = llama_cpp.Llama(
+                    n_ctx=self.n_ctx,
+                    n_batch=self.n_ctx,
+                    n_ubatch=self.n_ctx,
+                    embedding=True,
+                    pooling_type=pooling,
+                    **self._kw,
+                )
+            self._held.append(sum(sizes))
         return self._embedder
 
     @property
     def held_bytes(self) -> int:
-        """The state both contexts hold (the KV caches and their buffers), weights aside."""
-        embedder = self._embedder
-        extra = int(llama_cpp.llama_state_get_size(embedder.ctx)) if embedder is not None else 0
-        return self.state_size + extra
+        """What the contexts allocated beyond the mapped model file, as llama.cpp reported
+        it: KV caches, compute and output buffers, and weights copied to a GPU. The
+        embedding context (made on the first embed) logits every token of its batch: about
+        n_ctx × n_vocab × 4 bytes, 400 MiB for smollm2 at 2048 tokens."""
+        return sum(self._held)
 
     def close(self) -> None:
         for llm in (self._embedder, self.llm):

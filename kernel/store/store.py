@@ -40,6 +40,7 @@ from ..errors import (
     UnsupportedFormat,
 )
 from ..progress import Progress, ProgressCallback, ignore
+from ..runstate import read_all
 from .catalog import CATALOG, CatalogEntry, lookup
 from .formats import (
     check_sha,
@@ -88,8 +89,9 @@ class Store:
         self.catalog = CATALOG if catalog is None else catalog
         self.timeout, self.policy, self.partial_max_age = timeout, policy, partial_max_age
         self.lock = StoreLock(self.locks)
-        # Paths of the models a running engine holds: their blobs outlive their manifests.
-        self.in_use: Callable[[], Collection[str]] = tuple
+        # Paths of the models running engines hold (each publishes them in run/<pid>.json):
+        # their blobs outlive their manifests.
+        self.in_use: Callable[[], Collection[str]] = self._published
 
     # -- reading -------------------------------------------------------------------------
 
@@ -201,6 +203,9 @@ class Store:
         with self.lock:
             if Path(path).parent == self.blobs:
                 self._release_path(path)
+
+    def _published(self) -> set[str]:
+        return {str(row.get("path")) for row in read_all(self.home)}
 
     def _release(self, manifest: Manifest) -> None:
         if manifest.managed and Path(manifest.path).parent == self.blobs:
