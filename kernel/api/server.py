@@ -55,7 +55,9 @@ class ServerThread:
     def __init__(self, settings: Settings, port: int = 0, timeout: float = 30) -> None:
         self._sock = bind("127.0.0.1", port)
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.server, self.engine = make_server(settings, self._sock)
+        # the Host check follows the bind: loopback here, whatever FORGE_HOST says
+        loopback = settings.model_copy(update={"host": "127.0.0.1"})
+        self.server, self.engine = make_server(loopback, self._sock)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, name="forge-api", daemon=True
         )
@@ -77,6 +79,15 @@ def serve(settings: Settings) -> None:
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     server, _ = make_server(settings, sock)
+    from .siteguard import is_loopback
+
+    authenticated = settings.api_keys or settings.api_keys_file or settings.jwt_secret
+    if not is_loopback(str(host)) and not (authenticated or settings.jwt_public_key):
+        log.warning(
+            "listening on %s without an API key: anyone who reaches this address can use and "
+            "change this engine (set --api-key; --allowed-host checks Host names)",
+            host,
+        )
     log.warning(
         "serving on http://%s:%d  (Ollama API /api, OpenAI API /v1, docs /docs, browser demo "
         "/web/)",
