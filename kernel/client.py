@@ -87,13 +87,11 @@ class RemoteEngine:
         shares this machine, not this process's working folder."""
         local = Path(spec).expanduser()
         path = str(local.resolve()) if local.exists() else None
+        stored = spec
         for item in self._lines("POST", "/api/pull", {"model": path or spec, "stream": True}):
             progress(Progress(item.get("status", ""), item.get("total"), item.get("completed")))
-        if path:  # the server names the model after the file: found by where it came from
-            found = [m for m in self.list() if m.source == f"file:{path}"]
-            if found:
-                return max(found, key=lambda m: m.created_at)
-        return self.show(spec)
+            stored = item.get("model") or stored  # the last item names what was stored
+        return self.show(stored)
 
     # -- inference -------------------------------------------------------------------
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +20,12 @@ import psutil
 from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
-from .errors import Conflict, Interrupted, ModelNotFound, QueueFull, UnsupportedTask
+from .errors import Conflict, ModelNotFound, UnsupportedTask
 from .hooks import Hooks, InferenceEvent, ModelEvent, current_client, current_request_id
 from .limits import Limits
 from .mold import Device, LoadOptions, Mold
-from .progress import Progress, ProgressCallback, ignore
+from .progress import ProgressCallback, ignore
+from .pulls import Pulls
 from .runstate import RunState
 from .scheduler import Lease, Runner, Scheduler
 from .schema import (
@@ -40,7 +39,9 @@ from .schema import (
     Request,
     Result,
     Stats,
+    chat_request,
     collect,
+    generate_request,
 )
 from .store.manifest import Manifest
 from .store.names import parse_name
@@ -111,11 +112,9 @@ class AsyncEngine:
         self._reaper: asyncio.Task[None] | None = None
         self._runstate = RunState(s.home)
         self.generated_tokens = 0  # live, across all models: what /metrics reports
-        # Blocking work gets threads of its own, so a slow download never holds the ones
-        # unloads and device probes need (the default executor is shared and small).
-        self._pulls = ThreadPoolExecutor(s.max_pulls, thread_name_prefix="forge-pull")
+        # Blocking work gets threads of its own (the default executor is shared and small).
+        self.pulls = Pulls(self.store, s.max_pulls)
         self._probes = ThreadPoolExecutor(1, thread_name_prefix="forge-probe")
-        self._pulls_waiting = 0
 
     def _unloaded(self, r: Runner) -> None:
         self.hooks.model_unloaded(_model_event(r, loaded=False))
@@ -276,7 +275,7 @@ class AsyncEngine:
                 await self._reaper
         await self.scheduler.close()
         self._runstate.publish([])
-        self._pulls.shutdown(wait=False, cancel_futures=True)
+        self.pulls.close()
         self._probes.shutdown(wait=False, cancel_futures=True)
 
     # -- inference -------------------------------------------------------------------
@@ -396,7 +395,7 @@ class AsyncEngine:
         """Stream a completion. Unless ``raw``, the model's chat template is applied;
         ``format`` ("json" or a JSON schema) constrains the output; ``context`` continues
         an earlier answer (its ``Result.context``)."""
-        req = _generate_request(
+        req = generate_request(
             prompt, system=system, raw=raw, format=format, context=context, options=options
         )
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
@@ -414,7 +413,7 @@ class AsyncEngine:
         priority: int = 0,
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a chat reply rendered through the model's own chat template."""
-        req = _chat_request(messages, tools=tools, format=format, options=options)
+        req = chat_request(messages, tools=tools, format=format, options=options)
         return self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def generate(
@@ -428,7 +427,7 @@ class AsyncEngine:
         **request: Any,
     ) -> Result:
         """``generate_stream``'s answer in one piece; ``request`` takes the same keywords."""
-        req = _generate_request(prompt, **request)
+        req = generate_request(prompt, **request)
         return await self.complete(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def chat(
@@ -442,7 +441,7 @@ class AsyncEngine:
         **request: Any,
     ) -> Result:
         """``chat_stream``'s answer in one piece; ``request`` takes the same keywords."""
-        req = _chat_request(messages, **request)
+        req = chat_request(messages, **request)
         return await self.complete(model, req, keep_alive=keep_alive, load=load, priority=priority)
 
     async def embed(
@@ -484,39 +483,13 @@ class AsyncEngine:
         policy: PullPolicy | None = None,
         force: bool = False,
     ) -> Manifest:
-        """Pull a catalog model, register a local file or folder, or download a URL.
-
-        Runs on the engine's pull threads (``max_pulls`` at once). Cancelling the caller
-        stops the pull at its next progress step; a download's partial file stays for a
-        resume. ``policy`` bounds what it may reach (the HTTP API passes its own).
-        """
-        self.store.check_spec(spec, policy)  # refused here, before any thread or download
-        if self._pulls_waiting >= 4 * self.settings.max_pulls:
-            raise QueueFull(f"{self._pulls_waiting} pulls are waiting (max_pulls); retry later")
-        cancelled = threading.Event()
-
-        def report(p: Progress) -> None:
-            if cancelled.is_set():
-                raise Interrupted(f"the pull of {spec} was cancelled")
-            progress(p)
-
-        work = functools.partial(
-            self.store.pull,
-            spec,
-            name=name,
-            sha256=sha256,
-            progress=report,
-            policy=policy,
-            force=force,
+        """Pull a catalog model, register a local file or folder, or download a URL, on the
+        engine's pull threads. Cancelling the caller stops the pull; ``policy`` bounds what
+        it may reach (the HTTP API passes its own); ``force`` lets a derived name replace a
+        model from another source."""
+        return await self.pulls.run(
+            spec, name=name, sha256=sha256, progress=progress, policy=policy, force=force
         )
-        self._pulls_waiting += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pulls, work)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        finally:
-            self._pulls_waiting -= 1
 
     def devices(self) -> list[Device]:
         return self.backends.devices()
@@ -532,46 +505,10 @@ def _grows(manifest: Manifest, loaded: int, wanted: int) -> bool:
     return wanted > loaded and (trained is None or loaded < trained)
 
 
-def _generate_request(
-    prompt: str,
-    *,
-    system: str | None = None,
-    raw: bool = False,
-    format: Format = None,
-    context: list[int] | None = None,
-    options: InferenceOptions | dict[str, Any] | None = None,
-) -> GenerateRequest:
-    return GenerateRequest(
-        prompt=prompt,
-        system=system,
-        raw=raw,
-        format=format,
-        context=context,
-        options=_opts(options),
-    )
-
-
-def _chat_request(
-    messages: Messages,
-    *,
-    tools: list[dict[str, Any]] | None = None,
-    format: Format = None,
-    options: InferenceOptions | dict[str, Any] | None = None,
-) -> ChatRequest:
-    msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
-    return ChatRequest(messages=msgs, tools=tools, format=format, options=_opts(options))
-
-
 def _why(e: BaseException) -> str:
     if isinstance(e, GeneratorExit | asyncio.CancelledError):
         return "cancelled"
     return str(e) or type(e).__name__
-
-
-def _opts(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:
-    if isinstance(options, InferenceOptions):
-        return options
-    return InferenceOptions.model_validate(options or {})
 
 
 def _require(mold: Mold, task: str) -> None:

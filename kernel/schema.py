@@ -7,7 +7,7 @@ plain dataclasses because one is built per generated token.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -196,3 +196,41 @@ async def collect(stream: AsyncIterator[Chunk]) -> Result:
         stats=last.stats or Stats(),
         context=last.context,
     )
+
+
+def options_of(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:
+    if isinstance(options, InferenceOptions):
+        return options
+    return InferenceOptions.model_validate(options or {})
+
+
+def generate_request(
+    prompt: str,
+    *,
+    system: str | None = None,
+    raw: bool = False,
+    format: Format = None,
+    context: list[int] | None = None,
+    options: InferenceOptions | dict[str, Any] | None = None,
+) -> GenerateRequest:
+    """A GenerateRequest from the engine's keywords (``generate``, ``generate_stream``)."""
+    return GenerateRequest(
+        prompt=prompt,
+        system=system,
+        raw=raw,
+        format=format,
+        context=context,
+        options=options_of(options),
+    )
+
+
+def chat_request(
+    messages: Sequence[Message | dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    format: Format = None,
+    options: InferenceOptions | dict[str, Any] | None = None,
+) -> ChatRequest:
+    """A ChatRequest from the engine's keywords (``chat``, ``chat_stream``)."""
+    msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+    return ChatRequest(messages=msgs, tools=tools, format=format, options=options_of(options))

@@ -14,7 +14,9 @@ from ferrousforge.errors import ForgeError, ModelNotFound, RequestError
 from ferrousforge.progress import Progress
 
 from .apiserver import Running, running
+from .conftest import FileServer
 from .nullmodels import add_null_model
+from .tinymodel import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("home")
     add_null_model(home, "echo:1", {})
     add_null_model(home, "slow:1", {"reply": " ".join(["word"] * 200), "token_delay": 0.02})
-    with running(ff.Settings(home=home, keep_alive=600)) as srv:
+    settings = ff.Settings(home=home, keep_alive=600, pull_private_hosts=["127.0.0.1"])
+    with running(settings) as srv:
         yield srv
 
 
@@ -77,3 +80,13 @@ def test_errors_keep_their_type_and_one_line(remote: RemoteEngine, tmp_path: Pat
         remote.pull(str(tmp_path / "missing.gguf"), progress=events.append)
     with RemoteEngine("http://127.0.0.1:9") as dead, pytest.raises(EngineUnreachable):
         dead.list()
+
+
+def test_a_url_pull_returns_the_model_the_server_stored(
+    remote: RemoteEngine, http_server: FileServer, tmp_path: Path
+) -> None:
+    url = http_server.add("/Fetched.gguf", write_tiny_gguf(tmp_path / "t.gguf").read_bytes())
+    events: list[Progress] = []
+    m = remote.pull(url, progress=events.append)
+    assert (m.name, m.source) == ("fetched:latest", url)
+    assert events and events[-1].status == "success"

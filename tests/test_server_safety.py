@@ -108,14 +108,14 @@ def test_slow_pulls_cannot_starve_devices_or_unloads(
         for t in pullers:
             t.start()
         deadline = time.monotonic() + 10
-        while srv.engine._pulls_waiting < 8 and time.monotonic() < deadline:
+        while srv.engine.pulls.waiting < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert httpx.get(srv.url + "/api/forge/devices", timeout=60).status_code == 200
         gen = {"model": "echo:1", "prompt": "a", "stream": False}
         assert httpx.post(srv.url + "/api/generate", json=gen).status_code == 200
         r = httpx.post(srv.url + "/api/generate", json={"model": "echo:1", "keep_alive": 0})
         assert r.json()["done_reason"] == "unload"
-        assert srv.engine._pulls_waiting >= 4  # answered while the pulls still queue
+        assert srv.engine.pulls.waiting >= 4  # answered while the pulls still queue
     for t in pullers:
         t.join(60)
 
