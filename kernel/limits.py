@@ -77,21 +77,6 @@ class Limits:
                 "the number of inputs", len(texts), self.max_embed_inputs, "max_embed_inputs"
             )
 
-    def embed_tokens(self, count: int) -> None:
-        if count > self.max_embed_tokens:
-            raise LimitExceeded(
-                "the inputs' total tokens", count, self.max_embed_tokens, "max_embed_tokens"
-            )
-
-    def grammar(self, text: str) -> None:
-        if (size := len(text.encode())) > self.max_grammar_bytes:
-            raise LimitExceeded(
-                "format: the grammar's size in bytes",
-                size,
-                self.max_grammar_bytes,
-                "max_grammar_bytes",
-            )
-
     def keep_alive(self, seconds: float | None) -> None:
         if seconds is None or seconds < 0:  # unset, or forever
             return
@@ -157,3 +142,17 @@ class Limits:
             raise InvalidFormat(f"format: only local $ref ('#/...') is allowed, not {ref!r}")
         if node.get("enum") == [] or node.get("anyOf") == [] or node.get("oneOf") == []:
             raise InvalidFormat("format: an empty enum/anyOf/oneOf matches nothing")
+
+
+# The two limits a backend checks itself, once it has tokenized or built a grammar: the
+# engine hands the numbers down (EmbedRequest.max_tokens, LoadOptions.extra).
+
+
+def check_embed_tokens(count: int, limit: int | None) -> None:
+    if limit is not None and count > limit:
+        raise LimitExceeded("the inputs' total tokens", count, limit, "max_embed_tokens")
+
+
+def check_grammar_size(grammar: str, limit: int | None) -> None:
+    if limit is not None and (size := len(grammar.encode())) > limit:
+        raise LimitExceeded("format: the grammar's size in bytes", size, limit, "max_grammar_bytes")

@@ -17,11 +17,11 @@ from typing import Any
 from ..errors import (
     ContextOverflow,
     InvalidModelFile,
-    LimitExceeded,
     MissingExtra,
     ModelNotLoaded,
     UnsupportedTask,
 )
+from ..limits import check_embed_tokens
 from ..mold import Device, LoadOptions
 from ..schema import ChatRequest, Chunk, EmbedRequest, GenerateRequest, Request, Result, Stats
 from ..store.manifest import Manifest
@@ -175,10 +175,7 @@ class EncoderMold(abc.ABC):
 
         tok, _ = self._live()
         batch = tok.encode(texts, truncate)
-        if max_tokens is not None and batch.count > max_tokens:
-            raise LimitExceeded(
-                "the inputs' total tokens", batch.count, max_tokens, "max_embed_tokens"
-            )
+        check_embed_tokens(batch.count, max_tokens)
         lengths = batch.attention_mask.sum(axis=1)
         order = np.argsort(lengths, kind="stable")
         vectors: list[list[float]] = [[] for _ in texts]

@@ -25,9 +25,9 @@ from ..errors import (
     InvalidFormat,
     InvalidModelFile,
     InvalidTemplate,
-    LimitExceeded,
     UnsupportedTask,
 )
+from ..limits import check_embed_tokens, check_grammar_size
 from ..schema import Chunk, Format, InferenceOptions, Message, Stats
 from ..stops import StopMatcher
 
@@ -195,14 +195,7 @@ class LlamaRuntime:
             text = JSON_GBNF if fmt == "json" else json_schema_to_gbnf(json.dumps(fmt))
         except Exception as e:  # a schema the converter cannot express
             raise InvalidFormat(f"cannot use this format: {_one_line(e)}") from e
-        size = len(text.encode())
-        if self.max_grammar_bytes is not None and size > self.max_grammar_bytes:
-            raise LimitExceeded(
-                "format: the grammar's size in bytes",
-                size,
-                self.max_grammar_bytes,
-                "max_grammar_bytes",
-            )
+        check_grammar_size(text, self.max_grammar_bytes)
         sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
         if not sampler:
             raise InvalidFormat("cannot use this format: llama.cpp refuses its grammar")
@@ -285,8 +278,7 @@ class LlamaRuntime:
             if n > llm.n_ctx() and not truncate:
                 raise ContextOverflow(n, llm.n_ctx())
             count += min(n, llm.n_ctx())
-        if max_tokens is not None and count > max_tokens:
-            raise LimitExceeded("the inputs' total tokens", count, max_tokens, "max_embed_tokens")
+        check_embed_tokens(count, max_tokens)
         vectors = llm.embed(list(texts), normalize=True, truncate=True)
         return [list(map(float, v)) for v in vectors], count
 

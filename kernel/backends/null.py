@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from ..devices import cpu_device
-from ..errors import InferenceError, InvalidModelFile, LimitExceeded, UnsupportedTask
+from ..errors import InferenceError, InvalidModelFile, UnsupportedTask
+from ..limits import check_embed_tokens
 from ..mold import Device, LoadOptions, Mold
 from ..schema import (
     ChatRequest,
@@ -78,10 +79,7 @@ class NullMold:
         if isinstance(req, EmbedRequest):
             dims = int(self._extra.get("dims", 8))
             count = sum(len(t.split()) for t in req.input)
-            if req.max_tokens is not None and count > req.max_tokens:
-                raise LimitExceeded(
-                    "the inputs' total tokens", count, req.max_tokens, "max_embed_tokens"
-                )
+            check_embed_tokens(count, req.max_tokens)
             return Result(
                 embeddings=[_vector(t, dims) for t in req.input],
                 stats=Stats(prompt_eval_count=count),
