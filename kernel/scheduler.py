@@ -174,7 +174,9 @@ class Scheduler:
         registered (and later reaped) instead of held by a thread nobody tracks.
         """
         task = self._loading.get(key)
-        if task is not None and task.done():  # finished, its runner perhaps already gone
+        if task is not None and task.done():
+            # Finished, and listed until _loaded runs a loop turn later: its runner may be
+            # unloaded already, and awaiting it again would return at once, forever.
             task = None
         started = task is None
         if task is None:
@@ -196,14 +198,8 @@ class Scheduler:
             task.exception()  # retrieved: a load nobody waits for any more is not an error
 
     async def _load_in_turn(self, key: str, factory: MoldFactory) -> Runner:
-        try:
-            async with self._load_lock:  # one load at a time: each sees the others' memory
-                return await self._load(key, factory)
-        finally:
-            # Gone from _loading as it ends, not a loop turn later in _loaded: a waiter that
-            # finds its runner unloaded must start a new load, not await this one forever.
-            if self._loading.get(key) is asyncio.current_task():
-                del self._loading[key]
+        async with self._load_lock:  # one load at a time: each sees the others' memory
+            return await self._load(key, factory)
 
     async def _load(self, key: str, factory: MoldFactory) -> Runner:
         mold = await factory()
