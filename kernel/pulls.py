@@ -36,7 +36,6 @@ class Pulls:
         force: bool = False,
     ) -> Manifest:
         """``Store.pull`` on a pull thread; a download's partial stays for a resume."""
-        self._store.check_spec(spec, policy)  # refused here, before any thread or download
         if self.waiting >= 4 * self.max_pulls:
             raise QueueFull(f"{self.waiting} pulls are waiting (max_pulls); retry later")
         cancelled = threading.Event()

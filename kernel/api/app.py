@@ -24,6 +24,7 @@ from .. import __version__, webapp
 from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError
+from ..store.policy import PullPolicy
 from . import ollama, openai, workbench
 from .auth import Authenticator
 from .docs import ERRORS, OPS, READY
@@ -77,6 +78,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         settings.jwt_leeway,
     )
     app.state.limiter = limiter
+    app.state.pull_policy = PullPolicy.from_settings(settings, trusted=False)  # /api/pull's
     app.state.metrics = metrics
 
     guarded = [Depends(guard)]

@@ -24,7 +24,6 @@ from ..schema import (
     Message,
     Stats,
 )
-from ..store.policy import PullPolicy
 from ..toolcalls import extract_tool_calls
 from . import docs
 from .common import details, engine_of, iso, now_iso, primed, within
@@ -333,12 +332,11 @@ async def ps(request: Request) -> dict[str, Any]:
 async def pull(body: PullBody, request: Request) -> Any:
     """Pull a catalog model or a URL, or register a file under ``pull_paths``."""
     engine = engine_of(request)
-    spec = body.target
-    policy = PullPolicy.from_settings(request.app.state.settings, trusted=False)
-    engine.store.check_spec(spec, policy)  # a refusal keeps its status: before the stream
+    spec, policy = body.target, request.app.state.pull_policy
     if not body.stream:
         m = await engine.pull(spec, policy=policy, force=body.force)
         return {"status": "success", "model": m.name}
+    engine.store.check_spec(spec, policy)  # a refusal keeps its status: before the stream
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Progress | BaseException | str] = asyncio.Queue()
 
