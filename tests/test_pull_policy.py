@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -58,6 +59,15 @@ def test_path_pulls_over_http_only_from_allowed_folders(server: Running, tmp_pat
     assert pull(server, str(link)).status_code == 404
     names = {m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
     assert names == {"inside:latest"}
+
+
+def test_a_spec_no_file_can_be_named_is_not_found(server: Running) -> None:
+    """Found by the fuzzer: a NUL or a lone surrogate in a path was a 500."""
+    for spec in ("a\u0000b", "\ud90f.gguf", "x/\u0000"):
+        for stream in (False, True):
+            body = json.dumps({"model": spec, "stream": stream})  # \u escapes, as fuzzers send
+            r = httpx.post(server.url + "/api/pull", content=body)
+            assert r.status_code == 404 and "not a file name" in r.json()["error"], r.text
 
 
 def test_no_folders_no_path_pulls(tmp_path: Path) -> None:

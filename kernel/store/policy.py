@@ -65,7 +65,10 @@ class PullPolicy:
     def check_path(self, path: Path) -> Path:
         """``path`` resolved, if it lies under an allowed folder; else ModelNotFound, the
         same whether or not the path exists, so the answer reveals nothing about it."""
-        resolved = path.expanduser().resolve()
+        try:
+            resolved = path.expanduser().resolve()
+        except (ValueError, OSError):  # a NUL or a lone surrogate: no file is named so
+            raise ModelNotFound(repr(str(path))[1:-1][:200], "not a file name") from None
         if self.paths is None or any(resolved.is_relative_to(root) for root in self.paths):
             return resolved
         where = ", ".join(map(str, self.paths)) or "none are allowed; --pull-path DIR"
