@@ -85,8 +85,11 @@ class RemoteEngine:
     def pull(self, spec: str, *, progress: ProgressCallback = ignore, **_: Any) -> Manifest:
         """Pull on the server. A local file or folder is sent as its absolute path: the server
         shares this machine, not this process's working folder."""
-        local = Path(spec).expanduser()
-        path = str(local.resolve()) if local.exists() else None
+        try:
+            local = Path(spec).expanduser()
+            path = str(local.resolve()) if local.exists() else None
+        except (ValueError, OSError, RuntimeError):  # no file name: the server says so
+            path = None
         stored = spec
         for item in self._lines("POST", "/api/pull", {"model": path or spec, "stream": True}):
             progress(Progress(item.get("status", ""), item.get("total"), item.get("completed")))

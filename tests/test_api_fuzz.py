@@ -183,7 +183,10 @@ def test_without_a_key_only_an_open_server_answers(target: Target) -> None:
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         def run(case: Any) -> None:
             response = case.call(base_url=target.url, timeout=30)
-            assert (response.status_code == 401) is locked, response.text  # noqa: B023
+            # a generated path parameter no route matches (a newline, say) reaches no route
+            unrouted = "{" in case.operation.path and response.status_code == 404
+            unrouted = unrouted and '"Not Found"' in response.text
+            assert unrouted or (response.status_code == 401) is locked, response.text  # noqa: B023
             case.validate_response(response, checks=CHECKS)
 
         run()

@@ -62,8 +62,8 @@ def test_path_pulls_over_http_only_from_allowed_folders(server: Running, tmp_pat
 
 
 def test_a_spec_no_file_can_be_named_is_not_found(server: Running) -> None:
-    """Found by the fuzzer: a NUL or a lone surrogate in a path was a 500."""
-    for spec in ("a\u0000b", "\ud90f.gguf", "x/\u0000"):
+    """Found by the fuzzer: a NUL, a lone surrogate or an unknown ~user in a path was a 500."""
+    for spec in ("a\u0000b", "\ud90f.gguf", "x/\u0000", "~no-such-user-x/m.gguf"):
         for stream in (False, True):
             body = json.dumps({"model": spec, "stream": stream})  # \u escapes, as fuzzers send
             r = httpx.post(server.url + "/api/pull", content=body)

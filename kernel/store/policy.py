@@ -67,7 +67,7 @@ class PullPolicy:
         same whether or not the path exists, so the answer reveals nothing about it."""
         try:
             resolved = path.expanduser().resolve()
-        except (ValueError, OSError):  # a NUL or a lone surrogate: no file is named so
+        except (ValueError, OSError, RuntimeError):  # a NUL, a lone surrogate, ~nobody
             raise ModelNotFound(repr(str(path))[1:-1][:200], "not a file name") from None
         if self.paths is None or any(resolved.is_relative_to(root) for root in self.paths):
             return resolved
