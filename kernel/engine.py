@@ -36,7 +36,6 @@ from .schema import (
     GenerateRequest,
     InferenceOptions,
     Message,
-    Request,
     Result,
     Stats,
     chat_request,
@@ -337,33 +336,6 @@ class AsyncEngine:
             self.stream(model, req, keep_alive=keep_alive, load=load, priority=priority)
         )
 
-    async def _once(
-        self,
-        manifest: Manifest,
-        req: Request,
-        task: str,
-        event: InferenceEvent,
-        keep_alive: KeepAlive,
-        load: LoadOptions | None,
-        priority: int = 0,
-    ) -> Result:
-        """One ``Mold.infer`` under a lease, with stats, counters and hooks filled in."""
-        start = time.perf_counter_ns()
-        async with self._lease(manifest, load, keep_alive, req.options, priority) as lease:
-            _require(lease.mold, task)
-            self.hooks.inference_started(event)
-            try:
-                result = await lease.mold.infer(req)
-            except BaseException as e:
-                self.hooks.inference_ended(replace(event, error=_why(e)))
-                raise
-        s = result.stats
-        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
-        self.generated_tokens += s.eval_count
-        first = 0 if task == "embed" else s.load_duration + s.prompt_eval_duration
-        self.hooks.inference_ended(replace(event, stats=s, first_token_ns=first))
-        return result
-
     def _prepare(
         self, model: str, req: GenerateRequest | ChatRequest
     ) -> tuple[Manifest, str, InferenceEvent]:
@@ -461,7 +433,19 @@ class AsyncEngine:
             manifest.name, "embed", current_request_id.get(), current_client.get()
         )
         req = EmbedRequest(input=texts, truncate=truncate, max_tokens=self.limits.max_embed_tokens)
-        return await self._once(manifest, req, "embed", event, keep_alive, load)
+        start = time.perf_counter_ns()
+        async with self._lease(manifest, load, keep_alive) as lease:
+            _require(lease.mold, "embed")
+            self.hooks.inference_started(event)
+            try:
+                result = await lease.mold.infer(req)
+            except BaseException as e:
+                self.hooks.inference_ended(replace(event, error=_why(e)))
+                raise
+        s = result.stats
+        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
+        self.hooks.inference_ended(replace(event, stats=s))
+        return result
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         async with self._lease(model) as lease:
