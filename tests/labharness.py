@@ -49,6 +49,34 @@ def stop(proc: subprocess.Popen[Any], grace: float = 15) -> None:
         proc.wait(5)
 
 
+@contextlib.contextmanager
+def forge(
+    command: list[str], env: dict[str, str], log: Path, timeout: float = 60
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m ferrousforge COMMAND --port N`` with ``env`` over none of this process's
+    FORGE_* variables, output to ``log``: (the process, its URL) once /health answers.
+    Stopped at the end if it is still running."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")} | env
+    cmd = [sys.executable, "-m", "ferrousforge", *command, "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"forge exited: {log.read_text()}"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"forge never answered: {log.read_text()}"
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
 def write_notebook(path: Path, *cells: str) -> None:
     path.write_text(
         json.dumps(

@@ -28,7 +28,7 @@ from ferrousforge.store.manifest import Manifest
 from ferrousforge.store.store import Store
 
 from .conftest import FileServer, MakeGGUF
-from .labharness import free_port
+from .labharness import forge
 from .nullmodels import add_null_model
 
 pytestmark = pytest.mark.slow
@@ -54,9 +54,8 @@ class Server:
 
 
 def forge_env(home: Path, faults: str | None = None) -> dict[str, str]:
-    """The environment for a forge process on ``home``: none of the parent's FORGE_* vars."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env |= {
+    """The environment for a forge process on ``home``."""
+    env = {
         "FORGE_HOME": str(home),
         "FORGE_PULL_PRIVATE_HOSTS": "127.0.0.1",  # the loopback file server
         "FORGE_HF_ENDPOINT": "http://127.0.0.1:9",  # never the real hub from tests
@@ -70,31 +69,10 @@ def forge_env(home: Path, faults: str | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve(home: Path, faults: str | None = None) -> Iterator[Server]:
-    """A `forge serve` on ``home``, ready (its /health answers); killed on exit if alive."""
-    port = free_port()
-    log = home.parent / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "ferrousforge", "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=forge_env(home, faults), stdout=out, stderr=subprocess.STDOUT
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for _ in range(int(START_TIMEOUT / 0.1)):
-            assert proc.poll() is None, f"forge serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"forge serve never answered: {log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"forge serve never answered: {log.read_text()}")
-        yield server
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    """A `forge serve` on ``home``, ready (its /health answers); stopped on exit if alive."""
+    log = home.parent / f"serve-{time.monotonic_ns()}.log"
+    with forge(["serve"], forge_env(home, faults), log, START_TIMEOUT) as (proc, url):
+        yield Server(proc, url, log)
 
 
 def blobs(home: Path) -> set[str]:

@@ -7,12 +7,9 @@ import asyncio
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import jwt
@@ -23,7 +20,7 @@ from ferrousforge.errors import Interrupted, ModelNotFound
 
 from .apiserver import running
 from .conftest import FileServer
-from .labharness import free_port, stop
+from .labharness import forge
 from .nullmodels import add_null_model
 from .tinymodel import write_tiny_gguf
 
@@ -227,37 +224,15 @@ def test_keys_from_the_environment_and_files_stay_out_of_ps(
     assert ff.Settings(home=tmp_path).api_keys == ["gamma"]
     keys = tmp_path / "keys"
     keys.write_text("delta\n")
-    port = free_port()
-    env = {"FORGE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "ferrousforge", "web", "--port", str(port), "--api-key",
-           f"@{keys}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(url, proc)
+    env = {"FORGE_HOME": str(tmp_path)}
+    with forge(["web", "--api-key", f"@{keys}"], env, tmp_path / "web.log") as (proc, url):
         assert httpx.get(url + "/api/tags").status_code == 401
         assert httpx.get(url + "/api/tags", headers={"Authorization": "Bearer delta"}).is_success
         assert httpx.get(url + "/web/models.json").status_code == 401
         assert "delta" not in " ".join(proc_cmdline(proc.pid))
-    finally:
-        stop(proc)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def proc_cmdline(pid: int) -> list[str]:
     import psutil
 
     return list(psutil.Process(pid).cmdline())
-
-
-def _wait(url: str, proc: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("forge web did not start")

@@ -8,7 +8,6 @@ no slot held, no temp file left, and threads, fds and RSS flat. ``-s`` prints th
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import socket
@@ -29,7 +28,7 @@ import pytest
 
 import ferrousforge as ff
 
-from .labharness import free_port, stop
+from .labharness import forge
 from .nullmodels import add_null_model
 from .tinymodel import write_tiny_gguf
 
@@ -225,6 +224,7 @@ class Server:
 
 
 def healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """Whether the server still answers /health (for a failure's message)."""
     assert proc.poll() is None, log.read_text()
     try:
         return httpx.get(url + "/health", timeout=5).status_code == 200
@@ -241,23 +241,15 @@ def server(tmp_path: Path) -> Iterator[Server]:
         engine.pull(str(tiny), name="tiny")
     add_null_model(home, "echo:1", {})
     add_null_model(home, "slow:1", {"reply": "tok " * 200, "token_delay": 0.005})
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")} | {
+    env = {
         "FORGE_HOME": str(home),
         "FORGE_THREADS": "1",
         "FORGE_NUM_PARALLEL": "2",
         "FORGE_PULL_PATHS": str(pulls),
         "FORGE_SEND_TIMEOUT": "5",
     }
-    cmd = [sys.executable, "-m", "ferrousforge", "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("serving", lambda: healthy(url, proc, log), timeout=60)
-        yield Server(url, port, home, proc, log, tiny)
-    finally:
-        stop(proc)
+    with forge(["serve"], env, log) as (proc, url):
+        yield Server(url, int(url.rsplit(":", 1)[1]), home, proc, log, tiny)
 
 
 def test_soak(server: Server, record_property: Any) -> None:
