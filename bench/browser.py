@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import ferrousforge as ff
-from ferrousforge import webapp
+from ferrousforge.api import webapp
 from ferrousforge.config import load_settings
 from ferrousforge.store.store import Store
 

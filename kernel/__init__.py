@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(shell: object) -> None:
     """``%load_ext ferrousforge``: the ``%forge`` and ``%%forge`` magics."""
-    from .magics import load_ipython_extension as load
+    from .notebook.magics import load_ipython_extension as load
 
     load(shell)
 

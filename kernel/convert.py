@@ -38,6 +38,7 @@ _CARRIED = (
     "1_Pooling/config.json",
 )
 TARGETS = ("onnx", "tvm")
+SOURCES = {"onnx": ("safetensors",), "tvm": ("safetensors", "onnx")}  # what each converts
 TVM_SHAPES = ((1, 16), (1, 32), (1, 64), (1, 128), (8, 16), (8, 32), (8, 64), (8, 128))
 
 
@@ -81,7 +82,7 @@ def _convert_tvm(
     progress: ProgressCallback,
 ) -> Manifest:
     from .backends.tvm_backend import SPEC, source_of
-    from .tvm_compile import Cache, parse_target
+    from .backends.tvm_compile import Cache, parse_target
 
     tvm_target = parse_target(target)
     if src.format == "onnx":

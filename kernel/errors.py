@@ -21,11 +21,13 @@
     │   ├── DeviceUnavailable       400
     │   └── MissingExtra            501  (names the pip extra to install)
     ├── QueueFull                   503
+    ├── EngineUnreachable           503  (a remote engine did not answer)
     └── RequestError                400  (the HTTP boundary)
         ├── LimitExceeded           400  (.setting names the limit)
+        ├── UsageError              400  (a %forge magic's arguments)
         ├── Unauthorized            401
         ├── Forbidden               403  (cross-site, rebinding, a path or host not allowed)
-        ├── NotFound                404
+        ├── NotFound                404  (a path the server does not have)
         ├── NameTaken               400  (a pull would replace another model)
         ├── Conflict                409
         ├── PayloadTooLarge         413
@@ -33,10 +35,15 @@
         └── RequestTimeout          504
 
 Errors from outside libraries are translated at the boundary with ``raise ... from``.
-``str(err)`` is always one readable line.
+``str(err)`` is always one readable line. Over HTTP an error travels as its message, its
+class name and its fields (``wire``), and ``rebuild`` makes the same class with the same
+fields again on the client side.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 
 class ForgeError(Exception):
@@ -53,7 +60,7 @@ class ModelNotFound(ModelError):
     status = 404
 
     def __init__(self, name: str, hint: str = "") -> None:
-        self.name = name
+        self.name, self.hint = name, hint
         msg = f"model {name!r} not found"
         super().__init__(f"{msg}; {hint}" if hint else msg)
 
@@ -152,6 +159,10 @@ class QueueFull(ForgeError):
     status = 503
 
 
+class EngineUnreachable(ForgeError):
+    status = 503
+
+
 class RequestError(ForgeError):
     """A request refused at the HTTP boundary."""
 
@@ -170,6 +181,10 @@ class LimitExceeded(RequestError):
     def __init__(self, what: str, value: object, limit: object, setting: str) -> None:
         self.setting = setting
         super().__init__(f"{what} is {value}, over the limit of {limit} ({setting})")
+
+
+class UsageError(RequestError):
+    """A magic or command used wrongly; the message says how to use it."""
 
 
 class Unauthorized(RequestError):
@@ -204,5 +219,44 @@ class RequestTimeout(RequestError):
     status = 504
 
 
+def wire(e: ForgeError) -> dict[str, Any]:
+    """``e``'s class and fields, for an HTTP error body (the message travels beside them)."""
+    fields = {k: v for k, v in vars(e).items() if isinstance(v, str | int | float | bool)}
+    return {"type": type(e).__name__, "fields": fields}
+
+
+def rebuild(message: str, status: int, kind: object, fields: object) -> ForgeError:
+    """The error a server answered: its own class (a ForgeError of this module) with its
+    fields and message when the body names them, else the class its status maps to."""
+    cls = getattr(sys.modules[__name__], kind, None) if isinstance(kind, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, ForgeError)):
+        cls = _BY_STATUS.get(status, ForgeError)
+    err = cls.__new__(cls)  # the server's message as is, whatever cls.__init__ takes
+    Exception.__init__(err, message)
+    for key, value in (fields if isinstance(fields, dict) else {}).items():
+        if isinstance(key, str) and not key.startswith("_"):
+            setattr(err, key, value)
+    if err.status != status and status >= 400:
+        err.status = status
+    return err
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+_BY_STATUS: dict[int, type[ForgeError]] = {
+    400: RequestError,
+    401: Unauthorized,
+    403: Forbidden,
+    404: ModelNotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedFormat,
+    422: InvalidModelFile,
+    429: RateLimited,
+    501: MissingExtra,
+    503: QueueFull,
+    504: RequestTimeout,
+    507: InsufficientMemory,
+}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from .config import Settings
 from .schema import ChatRequest, Chunk, GenerateRequest, ModelMetadata, Request, Result
 from .store.manifest import Manifest
 
@@ -36,7 +37,8 @@ class LoadOptions:
     num_ctx: int | None = None
     threads: int | None = None
     cache_dir: Path | None = None  # where a backend keeps what it compiles (the store's cache/)
-    extra: dict[str, object] = field(default_factory=dict)
+    # The engine's settings: each backend reads its own knobs there (onnx_optimization, ...).
+    settings: Settings = field(default_factory=Settings)
 
 
 @runtime_checkable
@@ -46,18 +48,15 @@ class Mold(Protocol):
     name: str
     backend: str
     device: str
-    tasks: frozenset[str]  # {"generate", "chat", "embed", "tokenize"}
+    tasks: frozenset[str]  # {"generate", "chat", "embed", "tokenize"}; later "batch", ...
     metadata: ModelMetadata
     context_length: int
     memory: int  # bytes this instance holds, estimated before load and measured after
 
     async def load(self) -> None: ...
     async def unload(self) -> None: ...
-    @property
-    def is_loaded(self) -> bool: ...
     async def infer(self, req: Request) -> Result: ...
     def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]: ...
-    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]: ...
     async def tokenize(self, text: str) -> list[int]: ...
     async def detokenize(self, ids: Sequence[int]) -> str: ...
 

@@ -1,9 +1,9 @@
 """The parity matrix: one model's embeddings on every backend × device, against torch on cpu.
 
-Each backend runs the artifact it reads: the model itself, or a derived entry (``forge
-convert``) linked to it, converted on the spot when missing. ``run`` returns rows for
-Python and the notebook widgets; ``forge parity`` prints them and exits nonzero when any
-pair is out of tolerance.
+Each backend runs the form of the model it reads (``forms.readable_form``): the model
+itself, or a derived entry (``forge convert``) linked to it, converted on the spot when
+missing. ``run`` returns rows for Python and the notebook widgets; ``forge parity`` prints
+them and exits nonzero when any pair is out of tolerance.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from .convert import TARGETS, convert
 from .errors import ForgeError
+from .forms import readable_form
 from .sync_engine import Engine
 
 TEXTS = [
@@ -42,25 +42,6 @@ class Row:
     ms_per_batch: float | None = None
     ok: bool = False
     error: str | None = None
-
-
-def artifact_for(engine: Engine, model: str, backend: str) -> str:
-    """The store entry ``backend`` reads for ``model``: a derived entry in the backend's own
-    format (``minilm:l6-tvm``), the model itself, another derived one, or a new conversion."""
-    source = engine.show(model)
-    formats = engine.backends.get(backend).formats
-    derived = [m for m in engine.store.derived(source.name) if m.format in formats]
-    own = [m for m in derived if m.format == backend]
-    if own:
-        return own[0].name
-    if source.format in formats:
-        return source.name
-    if derived:
-        return derived[0].name
-    target = next((t for t in TARGETS if t in formats), None)
-    if target is None:
-        raise ForgeError(f"no conversion of {source.name} for the {backend} backend yet")
-    return convert(engine.store, source.name, target).name
 
 
 def run(
@@ -97,7 +78,8 @@ def _measure(
 ) -> Row:
     name = model
     try:
-        name = artifact_for(engine, model, backend)
+        # the form this backend reads (converted now when missing), outside the load timing
+        name = readable_form(engine.store, engine.backends, engine.show(model), backend).name
         engine.unload(name)
         start = time.perf_counter()
         engine.load(name, backend=backend, device=device)

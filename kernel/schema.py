@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .toolcalls import extract_tool_calls
+
 log = logging.getLogger(__name__)
 
 
@@ -173,15 +175,21 @@ class Chunk:
     done_reason: DoneReason | None = None
     stats: Stats | None = None
     context: list[int] | None = None  # on the last chunk: prompt and answer tokens
+    # On the last chunk of a chat with tools: the calls in the whole answer, in Ollama's
+    # shape ({"function": {"name", "arguments"}}); the text chunks carried them as written.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
 class Result:
+    """A whole answer. With tool calls, ``text`` is the answer without their blocks."""
+
     text: str = ""
     embeddings: list[list[float]] = field(default_factory=list)
     done_reason: DoneReason | None = None
     stats: Stats = field(default_factory=Stats)
     context: list[int] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> Result:
@@ -190,11 +198,20 @@ async def collect(stream: AsyncIterator[Chunk]) -> Result:
     last = Chunk()
     async for last in stream:
         parts.append(last.text)
+    return result_of(parts, last)
+
+
+def result_of(parts: Sequence[str], last: Chunk) -> Result:
+    """The Result a stream of ``parts`` ending in ``last`` adds up to."""
+    text = "".join(parts)
+    if last.tool_calls:
+        text = extract_tool_calls(text)[0]
     return Result(
-        "".join(parts),
+        text,
         done_reason=last.done_reason,
         stats=last.stats or Stats(),
         context=last.context,
+        tool_calls=last.tool_calls,
     )
 
 

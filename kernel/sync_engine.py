@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import builtins
 import queue
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from .config import Settings
-from .engine import AsyncEngine, LoadedModel, Messages
+from .engine import AsyncEngine
+from .interface import ChunkStream, KeepAlive, LoadedModel, Messages
 from .mold import Device
 from .progress import ProgressCallback, ignore
-from .schema import Chunk, Result
+from .schema import Result
 from .store.manifest import Manifest
 
 T = TypeVar("T")
@@ -38,7 +41,7 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def iterate(self, stream: AsyncIterator[T]) -> Iterator[T]:
+    def iterate(self, stream: AsyncIterator[T]) -> Generator[T, None, None]:
         """Consume an async iterator from this thread; closing the iterator cancels it."""
         items: queue.Queue[Any] = queue.Queue()
 
@@ -72,14 +75,15 @@ class LoopThread:
 class Engine:
     """Load, run and manage models. ``import ferrousforge as ff; ff.Engine()``.
 
-    Every method blocks until done; ``stream=True`` returns an iterator of Chunks.
+    The ``EngineClient`` protocol (``interface.py``) in process: every method blocks until
+    done; ``stream=True`` returns an iterator of Chunks.
     """
 
     def __init__(self, settings: Settings | None = None, **kw: Any) -> None:
         self._loop = LoopThread()
         self._engine: AsyncEngine = self._loop.run(_make(settings, kw))
         self.settings = self._engine.settings
-        self.store = self._engine.store
+        self.store = self._engine.store  # for tests and benchmarks; callers use the methods
         self.backends = self._engine.backends
         self._closed = False
         atexit.register(self.close)  # unload cleanly even when the caller forgets to
@@ -99,6 +103,8 @@ class Engine:
         self._loop.run(self._engine.close())
         self._loop.close()
 
+    # -- inference -------------------------------------------------------------------
+
     @overload
     def generate(
         self, model: str, prompt: str, *, stream: Literal[False] = ..., **kw: Any
@@ -106,11 +112,11 @@ class Engine:
     @overload
     def generate(
         self, model: str, prompt: str, *, stream: Literal[True], **kw: Any
-    ) -> Iterator[Chunk]: ...
+    ) -> ChunkStream: ...
     def generate(
         self, model: str, prompt: str, *, stream: bool = False, **kw: Any
-    ) -> Result | Iterator[Chunk]:
-        """Complete ``prompt``. Keywords: system, raw, options, keep_alive, load."""
+    ) -> Result | ChunkStream:
+        """Complete ``prompt``. Keywords: system, raw, format, context, options, keep_alive."""
         if stream:
             return self._loop.iterate(self._engine.generate_stream(model, prompt, **kw))
         return self._loop.run(self._engine.generate(model, prompt, **kw))
@@ -122,17 +128,27 @@ class Engine:
     @overload
     def chat(
         self, model: str, messages: Messages, *, stream: Literal[True], **kw: Any
-    ) -> Iterator[Chunk]: ...
+    ) -> ChunkStream: ...
     def chat(
         self, model: str, messages: Messages, *, stream: bool = False, **kw: Any
-    ) -> Result | Iterator[Chunk]:
-        """Answer a conversation through the model's chat template."""
+    ) -> Result | ChunkStream:
+        """Answer a conversation through the model's chat template. Keywords: tools,
+        format, options, keep_alive."""
         if stream:
             return self._loop.iterate(self._engine.chat_stream(model, messages, **kw))
         return self._loop.run(self._engine.chat(model, messages, **kw))
 
-    def embed(self, model: str, input: str | Sequence[str], **kw: Any) -> Result:
-        return self._loop.run(self._engine.embed(model, input, **kw))
+    def embed(
+        self,
+        model: str,
+        input: str | Sequence[str],
+        *,
+        truncate: bool = True,
+        keep_alive: KeepAlive = None,
+    ) -> Result:
+        return self._loop.run(
+            self._engine.embed(model, input, truncate=truncate, keep_alive=keep_alive)
+        )
 
     def tokenize(self, model: str, text: str) -> list[int]:
         return self._loop.run(self._engine.tokenize(model, text))
@@ -140,15 +156,40 @@ class Engine:
     def detokenize(self, model: str, ids: Sequence[int]) -> str:
         return self._loop.run(self._engine.detokenize(model, ids))
 
-    def load(self, model: str, **kw: Any) -> LoadedModel:
-        """Load now. Keywords: backend, device, gpu_layers, num_ctx, keep_alive."""
-        return self._loop.run(self._engine.load(model, **kw))
+    # -- models ----------------------------------------------------------------------
+
+    def load(
+        self,
+        model: str,
+        *,
+        backend: str | None = None,
+        device: str | None = None,
+        gpu_layers: int | None = None,
+        num_ctx: int | None = None,
+        keep_alive: KeepAlive = None,
+        progress: ProgressCallback = ignore,
+    ) -> LoadedModel:
+        """Load now; a ``backend`` that cannot read the model loads its converted form."""
+        return self._loop.run(
+            self._engine.load(
+                model,
+                backend=backend,
+                device=device,
+                gpu_layers=gpu_layers,
+                num_ctx=num_ctx,
+                keep_alive=keep_alive,
+                progress=progress,
+            )
+        )
 
     def unload(self, model: str) -> bool:
         return self._loop.run(self._engine.unload(model))
 
     def ps(self) -> list[LoadedModel]:
-        return self._loop.run(_call(self._engine.ps))
+        return self._loop.run(self._engine.ps())
+
+    def devices(self) -> list[Device]:
+        return self._loop.run(self._engine.devices())
 
     def pull(
         self,
@@ -164,25 +205,30 @@ class Engine:
         )
 
     def show(self, model: str) -> Manifest:
-        return self.store.get(model)
+        return self._loop.run(self._engine.show(model))
 
     def rm(self, model: str) -> None:
-        self.unload(model)
-        self.store.rm(model)
+        """Unload ``model`` (once its requests end), then remove it from the store."""
+        self._loop.run(self._engine.rm(model))
 
-    def cp(self, src: str, dst: str) -> Manifest:
-        return self.store.cp(src, dst)
+    def cp(self, source: str, destination: str) -> Manifest:
+        return self._loop.run(self._engine.cp(source, destination))
 
-    def devices(self) -> list[Device]:
-        return self._loop.run(self._engine.probe_devices())
+    def convert(
+        self, model: str, to: str, *, progress: ProgressCallback = ignore, **kw: Any
+    ) -> Manifest:
+        """``forge convert``: keywords target, tune and shapes (for ``to="tvm"``)."""
+        return self._loop.run(self._engine.convert(model, to, progress=progress, **kw))
 
-    def list(self) -> list[Manifest]:  # last: inside the class, ``list`` means this method
-        return self.store.list()
+    def sweep(self) -> builtins.list[Path]:
+        return self._loop.run(self._engine.sweep())
+
+    def verify(self, progress: ProgressCallback = ignore) -> dict[str, str]:
+        return self._loop.run(self._engine.verify(progress))
+
+    def list(self) -> builtins.list[Manifest]:
+        return self._loop.run(self._engine.list())
 
 
 async def _make(settings: Settings | None, kw: dict[str, Any]) -> AsyncEngine:
     return AsyncEngine(settings, **kw)
-
-
-async def _call(fn: Any) -> Any:
-    return fn()

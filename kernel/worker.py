@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _ITEM, _ERROR, _END = range(3)
 
@@ -126,3 +127,38 @@ def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) 
         fut.set_exception(error)
     else:
         fut.set_result(result)
+
+
+async def with_reports(
+    work: Callable[[Callable[[T], None]], Awaitable[R]],
+) -> AsyncGenerator[T | R, None]:
+    """Run ``work(report)`` as a task and yield here what ``report`` is given (from any
+    thread) as it comes, then ``work``'s result. Closing the generator cancels the work.
+
+    Reports are posted to the loop before ``work`` returns on its thread, and its result
+    reaches the task after them, so the result is always the last item.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            result = await work(lambda item: _post(loop, inbox.put_nowait, (_ITEM, item)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            inbox.put_nowait((_ERROR, e))
+        else:
+            inbox.put_nowait((_END, result))
+
+    task = loop.create_task(run())
+    try:
+        while True:
+            kind, value = await inbox.get()
+            if kind == _ERROR:
+                raise value
+            yield value
+            if kind == _END:
+                return
+    finally:
+        task.cancel()

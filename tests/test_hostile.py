@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 import ferrousforge as ff
+from ferrousforge.backends.templates import render_go_template
 from ferrousforge.errors import InvalidTemplate
-from ferrousforge.templates import render_go_template
 
 from .apiserver import Running, running
 from .nullmodels import add_null_model

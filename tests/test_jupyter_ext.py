@@ -228,7 +228,7 @@ async def extension(engine: Engine | None) -> AsyncIterator[str]:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
-    from ferrousforge.jupyter_ext import ProxyHandler, UiHandler
+    from ferrousforge.notebook.jupyter_ext import ProxyHandler, UiHandler
 
     servers: list[HTTPServer] = []
 

@@ -183,7 +183,7 @@ def test_closing_a_stream_stops_generation(engine: ff.Engine) -> None:
         "tiny", "the", raw=True, stream=True, options={"temperature": 0, "max_tokens": 400}
     )
     first = [next(stream) for _ in range(3)]
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert all(not c.done for c in first)
     after = engine.generate("tiny", "the", raw=True, options=GREEDY)
     assert after.stats.eval_count == 24
@@ -228,6 +228,6 @@ def test_a_larger_num_ctx_reloads_only_an_idle_model(engine: ff.Engine) -> None:
     next(stream)  # in use now
     with pytest.raises(Conflict, match="in use"):
         engine.generate("tiny", "the", raw=True, options={"num_ctx": 512, **GREEDY})
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     engine.generate("tiny", "the", raw=True, options={"num_ctx": 512, **GREEDY})
     assert [m.context_length for m in engine.ps() if m.name == "tiny:latest"] == [512]

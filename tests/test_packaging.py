@@ -29,5 +29,8 @@ def test_wheel_contents(tmp_path: Path) -> None:
         assert f"ferrousforge/wgsl/{kernel}.wgsl" in names
     config = "etc/jupyter/jupyter_server_config.d/ferrousforge.json"
     assert any(n.endswith(f".data/data/{config}") for n in names)
-    assert "ferrousforge/jupyter_ext.py" in names and "ferrousforge/magics.py" in names
+    for module in ("jupyter_ext", "notebook/jupyter_ext", "notebook/magics", "notebook/answer"):
+        assert f"ferrousforge/{module}.py" in names  # jupyter_ext: the old configs' name
+    for package in ("api", "backends", "store", "cli", "notebook", "wgsl"):
+        assert any(n.startswith(f"ferrousforge/{package}/") for n in names)
     assert not any(n.startswith("ferrousforge/widgets/widgets/") for n in names)  # no doubles

@@ -35,18 +35,11 @@ class FakeMold:
         self._log.append(f"unload {self.name}")
         self._loaded = False
 
-    @property
-    def is_loaded(self) -> bool:
-        return self._loaded
-
     async def infer(self, req: Request) -> Result:
         return Result("ok")
 
     async def infer_stream(self, req: object) -> AsyncIterator[Chunk]:
         yield Chunk("ok", done=True, done_reason="stop")
-
-    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
-        return [Result("ok") for _ in reqs]
 
     async def tokenize(self, text: str) -> list[int]:
         return []
@@ -89,7 +82,7 @@ async def use(
     s: Scheduler, name: str, log: list[str], keep_alive: float | None = None, memory: int = 100 * MB
 ) -> None:
     async with s.acquire(name, factory(name, log, memory), keep_alive=keep_alive) as lease:
-        assert lease.mold.is_loaded
+        assert lease.mold.name == name
 
 
 async def hold(s: Scheduler, log: list[str], until: asyncio.Event) -> None:

@@ -55,9 +55,9 @@ async def test_a_timed_out_load_is_kept_within_the_budget_not_leaked(tmp_path: P
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(engine.generate("heavy:1", "x"), 0.1)
         await asyncio.sleep(0.7)  # the load went on, and is registered: counted, reapable
-        assert [m.name for m in engine.ps()] == ["heavy:1"]
+        assert [m.name for m in await engine.ps()] == ["heavy:1"]
         assert (await engine.generate("other:1", "z")).text == "z "  # evicts it, in budget
-        assert [m.name for m in engine.ps()] == ["other:1"]
+        assert [m.name for m in await engine.ps()] == ["other:1"]
     finally:
         await engine.close()
 
@@ -135,11 +135,11 @@ def test_a_client_that_stops_reading_loses_its_slot(tmp_path: Path) -> None:
         try:  # never read: the server's buffers fill, its send waits, then gives up
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                rows = srv.engine.ps()
+                rows = srv.engine.loaded()
                 if rows and rows[0].in_use == 0:
                     break
                 time.sleep(0.1)
-            assert srv.engine.ps()[0].in_use == 0
+            assert srv.engine.loaded()[0].in_use == 0
             gen = {"model": "firehose:1", "prompt": "x", "stream": False,
                    "options": {"num_predict": 2}}  # fmt: skip
             assert httpx.post(srv.url + "/api/generate", json=gen, timeout=30).is_success

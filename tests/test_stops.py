@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferrousforge.stops import StopMatcher
+from ferrousforge.backends.stops import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

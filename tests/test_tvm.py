@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 import ferrousforge as ff
-from ferrousforge import tvm_compile
+from ferrousforge.backends import tvm_compile
+from ferrousforge.backends.tvm_compile import Cache, Source, bucket, parse_target
 from ferrousforge.convert import convert
 from ferrousforge.errors import ConfigError, InvalidModelFile, UnsupportedFormat
 from ferrousforge.progress import Progress
-from ferrousforge.tvm_compile import Cache, Source, bucket, parse_target
 
 from .vectors import assert_matches
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ferrousforge import safetensors_file
+from ferrousforge.backends import safetensors_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

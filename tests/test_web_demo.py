@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ferrousforge import webapp
+from ferrousforge.api import webapp
 
 from .webharness import Page, chromium, engine_server, need
 

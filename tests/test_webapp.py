@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 import ferrousforge as ff
-from ferrousforge import webapp
+from ferrousforge import convert
+from ferrousforge.api import webapp
 from ferrousforge.cli.main import main
 from ferrousforge.errors import ConfigError
 from ferrousforge.progress import Progress
@@ -287,3 +288,60 @@ def test_web_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
         main(["web", "--help"])
     text = capsys.readouterr().out
     assert "--export DIR" in text and "--port" in text and "static" in text
+
+
+def test_only_a_guarded_post_converts(
+    home: Path, web_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models.json never converts; POST /web/prepare does, behind the keys and the site guard,
+    and keeps what it made (the export's ONNX step is faked: the bytes are not a model)."""
+    made: list[str] = []
+
+    def fake(store: Store, model: str, to: str, *a: object, **kw: object) -> Manifest:
+        made.append(f"{model} -> {to}")
+        files = {"model.onnx": b"exported", "tokenizer.json": b"{}", "config.json": b"{}"}
+        return add(store.home, f"{model}-{to}", to, files, parent=model)
+
+    monkeypatch.setattr(convert, "convert", fake)
+    key = {"Authorization": "Bearer k1"}
+    with (
+        running(ff.Settings(home=home, api_keys=["k1"])) as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
+        listed = [
+            c.request(m, "/web/models.json", headers=key).status_code for m in ("GET", "HEAD")
+        ]
+        refused = [
+            c.get("/web/prepare", headers=key).status_code,
+            c.post("/web/prepare", json={"model": "enc:st"}).status_code,
+            c.post(
+                "/web/prepare",
+                json={"model": "enc:st"},
+                headers=key | {"Origin": "https://elsewhere.example"},
+            ).status_code,
+        ]
+        assert made == [] and Store(home).derived("enc:st") == []
+        first = c.post("/web/prepare", json={"model": "enc:st"}, headers=key | {"Origin": srv.url})
+        again = c.post("/web/prepare", json={"model": "enc:st"}, headers=key)
+        missing = c.post("/web/prepare", json={"model": "enc:nothing"}, headers=key)
+        chat = c.post("/web/prepare", json={"model": "chat:small"}, headers=key)
+    assert listed == [200, 200] and refused == [404, 401, 403]
+    assert first.status_code == 200, first.text
+    assert first.headers["cross-origin-embedder-policy"] == "require-corp"
+    assert first.json()["made"] == ["enc:st-onnx"]
+    models = {m["name"]: m for m in first.json()["models"]}
+    assert (models["enc:st-onnx"]["runtime"], models["enc:st-onnx"]["parent"]) == ("ort", "enc:st")
+    assert (again.json()["made"], chat.json()["made"]) == ([], [])  # kept; chat needs none
+    assert missing.status_code == 404 and "enc:nothing" in missing.json()["error"]
+    assert made == ["enc:st -> onnx"]
+
+
+def test_export_brings_the_forms_of_a_chosen_model(
+    home: Path, web_root: Path, tmp_path: Path
+) -> None:
+    tok = {"tokenizer.json": b"{}", "config.json": b"{}"}
+    add(home, "enc:st-onnx", "onnx", {"model.onnx": b"exported", **tok}, parent="enc:st")
+    webapp.export(Store(home), tmp_path / "site", ["enc:st"])
+    listed = json.loads((tmp_path / "site/models.json").read_text())["models"]
+    assert [m["name"] for m in listed] == ["enc:st", "enc:st-onnx"]
+    assert (tmp_path / "site/models/enc/st-onnx/model.onnx").read_bytes() == b"exported"

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ferrousforge import safetensors_file
-from ferrousforge.backends import wgsl
+from ferrousforge.backends import safetensors_file, wgsl
 from ferrousforge.backends.encoders import mean_pool
 from ferrousforge.errors import ContextOverflow, InvalidModelFile, UnsupportedFormat
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ferrousforge import webapp
+from ferrousforge.api import webapp
 from ferrousforge.api.server import ServerThread
 from ferrousforge.config import Settings
 
@@ -66,6 +67,27 @@ def need(*models: str) -> Path:
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
     pytest.importorskip("playwright.sync_api")
     return home
+
+
+def fresh_home(dst: Path, *models: str) -> Path:
+    """A new store at ``dst`` holding only ``models`` of the test home, as if just pulled
+    there (its blobs hardlinked, never changed), or a skip when the test home lacks one."""
+    from ferrousforge.store.store import Store
+
+    home = test_home()
+    for name in models:
+        family, _, tag = name.partition(":")
+        if not (home / "manifests/library" / family / f"{tag}.json").is_file():
+            pytest.skip(f"{name} is not in {home}; ./dev.sh test pulls it first")
+        manifest = Store(home).get(name)
+        blob = dst / "blobs" / manifest.file.name
+        if manifest.file.is_dir():
+            shutil.copytree(manifest.file, blob, copy_function=os.link)
+        else:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            os.link(manifest.file, blob)
+        Store(dst).save(manifest.model_copy(update={"path": str(blob)}))
+    return dst
 
 
 @contextlib.contextmanager

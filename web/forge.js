@@ -87,22 +87,57 @@ function choose(target, runtime, t) {
   return { target: "webgpu", why: `WebGPU: ${describe(t.adapter)}` };
 }
 
-/** The models.json entry that runs `model` on `runtime`: the model itself, or a form of it
- *  (an encoder runs on onnxruntime-web, through its ONNX export, unless asked otherwise). */
-async function resolve(model, runtime) {
-  const all = await models();
+// The targets each runtime runs on (web/runtimes/*.js refuse the others).
+const RUNS_ON = { ort: ["wasm", "webgpu"], pyodide: ["webgpu"], wllama: ["wasm"] };
+
+/** `model` and its converted forms (minilm:l6 -> minilm:l6-onnx), or their shared source. */
+function familyOf(all, model) {
   const named = (m) => m.name === model || m.name === `${model}:latest`;
-  // the model and its converted forms (minilm:l6 -> minilm:l6-onnx), or their shared source
   const root = all.find(named)?.parent ?? model;
   const family = all.filter((m) => named(m) || m.parent === model || m.name === root || m.parent === root);
-  if (!family.length) {
-    const names = all.map((m) => m.name).join(", ") || "none";
-    throw new Error(`${model} is not a browser model here (have: ${names}); pull or convert it with forge first`);
+  const on = (runtime) => family.find((m) => named(m) && m.runtime === runtime) ?? family.find((m) => m.runtime === runtime);
+  return { family, on };
+}
+
+/** The models.json entry that runs `model` on `target` (auto: what `t` offers): the model
+ *  itself or a form of it. An encoder runs on onnxruntime-web through its ONNX form, or as
+ *  stored (safetensors) on the Pyodide Mold with WebGPU; failing both, the server is asked
+ *  to convert it (POST /web/prepare) before anything is refused. */
+async function resolve(model, runtime, target, t) {
+  const pick = ({ family, on }) => {
+    if (runtime) return on(runtime);
+    if (!family.some((m) => m.task === "embed")) return on(family[0].runtime);
+    const runs = (m) => (target === "auto" ? m.runtime !== "pyodide" || t.webgpu : RUNS_ON[m.runtime]?.includes(target));
+    return [on("ort"), on("pyodide")].find((m) => m && runs(m));
+  };
+  let forms = familyOf(await models(), model);
+  if (!forms.family.length) {
+    const names = (await models()).map((m) => m.name).join(", ") || "none";
+    throw new Error(`${model} is not a browser model here (have: ${names}); pull it with forge first`);
   }
-  runtime ??= family.some((m) => m.task === "embed") ? "ort" : family[0].runtime;
-  const found = family.find((m) => named(m) && m.runtime === runtime) ?? family.find((m) => m.runtime === runtime);
-  if (!found) throw new Error(`${model} has no ${runtime} form here (for ort: forge convert ${model} --to onnx)`);
+  let found = pick(forms);
+  if (found || !forms.family.some((m) => m.task === "embed")) {
+    if (!found) throw new Error(`${model} has no ${runtime} form here`);
+    return found;
+  }
+  const missing = runtime ? `no ${runtime} form` : `no form that runs on ${target === "auto" ? "this browser" : target}`;
+  try {
+    forms = familyOf(await prepare(model), model);
+  } catch (e) {
+    throw new Error(`${model} has ${missing} here, and the engine made none (${e.message}): run forge convert ${model} --to onnx, or serve this page with forge web`);
+  }
+  found = pick(forms);
+  if (!found) throw new Error(`${model} has ${missing} here, and no conversion makes one`);
   return found;
+}
+
+/** Ask the engine to convert what `model` needs in a browser (its ONNX form, for WASM) and
+ *  return the new models list. `forge web` and `forge serve` convert at start, so this is
+ *  for models pulled since; a static copy of this app has no engine to ask. */
+export async function prepare(model) {
+  const answer = await post(new URL("prepare", BASE), { model });
+  catalog = Promise.resolve(answer.models);
+  return answer.models;
 }
 
 /**
@@ -130,8 +165,8 @@ async function loadNow(model, { target = "auto", runtime, threads, onProgress = 
   }
   if (current) await unload(model);
   const started = performance.now();
-  const entry = await resolve(model, runtime);
   const t = await targets();
+  const entry = await resolve(model, runtime, target, t);
   const chosen = entry.runtime === "wllama" && target === "auto" ? { target: "wasm", why: "llama.cpp runs on WASM in the browser" } : choose(target, entry.runtime, t);
   const seen = {};
   const onBytes = (file, done, total) => {

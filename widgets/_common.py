@@ -16,7 +16,7 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..answer import Answer, OnToken, one_line, same_model, stream_answer
+from ..notebook.answer import Answer, OnToken, one_line, same_model, stream_answer
 from ..errors import ForgeError
 
 log = logging.getLogger(__name__)

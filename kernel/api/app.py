@@ -20,12 +20,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from .. import __version__, webapp
+from .. import __version__
 from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError
 from ..store.policy import PullPolicy
-from . import ollama, openai, workbench
+from . import ollama, openai, webapp, workbench
 from .auth import Authenticator
 from .docs import ERRORS, OPS, READY
 from .errors import bad_request, forge_error, http_error
@@ -43,14 +43,15 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
 
     With ``settings.otel_endpoint`` (or a ``tracer_provider``) requests are traced.
     """
-    metrics = _metrics_of(engine)
+    metrics = Metrics(engine.stats)
+    engine.hooks.add(metrics)
     limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
     engine.hooks.add(TokenCharge(limiter))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # what a crash left (unnamed blobs, stale partials) goes before anything is served
-        await asyncio.get_running_loop().run_in_executor(None, engine.store.sweep)
+        await engine.sweep()
         preload = asyncio.create_task(_preload(app, engine, settings.preload))
         try:
             yield
@@ -104,7 +105,8 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     async def ready(request: Request) -> Response:
         """Readiness: the models named in ``preload`` are loaded."""
         ok = request.app.state.ready
-        body = {"status": "ready" if ok else "loading", "loaded": [m.name for m in engine.ps()]}
+        loaded = [m.name for m in await engine.ps()]
+        body = {"status": "ready" if ok else "loading", "loaded": loaded}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get(
@@ -149,17 +151,6 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
 
         engine.hooks.add(instrument(app, settings.otel_endpoint, tracer_provider))
     return app
-
-
-def _metrics_of(engine: AsyncEngine) -> Metrics:
-    """The engine's metrics plugin (found through the entry point), bound to the engine."""
-    found = next((p for p in engine.hooks.plugins if isinstance(p, Metrics)), None)
-    if found is None:
-        found = Metrics()
-        engine.hooks.add(found)
-    if not found.bound:
-        found.bind(engine)
-    return found
 
 
 async def _preload(app: FastAPI, engine: AsyncEngine, models: list[str]) -> None:

@@ -12,13 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ..engine import LoadedModel
+from ..interface import LoadedModel
 from ..mold import Device
 from ..store.manifest import Manifest
 
 
 class OllamaError(BaseModel):
     error: str
+    type: str | None = None  # a ForgeError's class, for the workbench's clients
+    fields: dict[str, Any] | None = None  # and its fields (ModelNotFound.name, ...)
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -295,3 +297,25 @@ MANIFESTS = answers(list[Manifest])
 LOADED = answers(LoadedModel)
 LOADED_ALL = answers(list[LoadedModel])
 DEVICES = answers(list[Device])
+
+
+class Tokens(BaseModel):
+    model: str
+    tokens: list[int]
+
+
+class Text(BaseModel):
+    model: str
+    text: str
+
+
+TOKENS = answers(Tokens)
+TEXT = answers(Text)
+
+
+class Unloaded(BaseModel):
+    model: str
+    unloaded: bool
+
+
+UNLOADED = answers(Unloaded)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Send
 
-from ..errors import ForgeError, RateLimited, RequestError
+from ..errors import ForgeError, RateLimited, RequestError, wire
 
 
 def openai_error(e: BaseException) -> dict[str, Any]:
@@ -22,9 +22,15 @@ def openai_error(e: BaseException) -> dict[str, Any]:
     return {"error": {"message": str(e), "type": kind, "param": None, "code": status}}
 
 
+def ollama_error(e: BaseException) -> dict[str, Any]:
+    """Ollama's error body, ``{"error": "..."}``, plus the error's class and fields so the
+    workbench's own clients (``RemoteEngine``) raise the same exception again."""
+    return {"error": str(e), **wire(e)} if isinstance(e, ForgeError) else {"error": str(e)}
+
+
 def body(path: str, e: BaseException) -> dict[str, Any]:
     """The error body for ``e`` on ``path``."""
-    return openai_error(e) if path.startswith("/v1/") else {"error": str(e)}
+    return openai_error(e) if path.startswith("/v1/") else ollama_error(e)
 
 
 def headers(e: ForgeError) -> dict[str, str]:

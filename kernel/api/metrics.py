@@ -1,35 +1,29 @@
-"""Prometheus metrics, fed through the plugin hooks (registered as the ``metrics`` entry point).
-
-Every engine gets an instance, but only ``bind`` (by the HTTP app) creates its registry:
-prometheus_client costs ~60 ms to import, which scripts and the CLI need not pay. Each
+"""Prometheus metrics: a part of the HTTP app (``create_app`` adds them to the engine's
+hooks), so scripts and the CLI never import prometheus_client (~60 ms). Events arrive
+through the hooks; the live gauges read the engine's ``stats()`` at each scrape. Each
 instance has its own registry, so two apps in one process never share counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..engine import EngineStats
 from ..hooks import InferenceEvent, ModelEvent
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
-
-    from ..engine import AsyncEngine
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _RATE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class Metrics:
-    """Request, token and model metrics; ``bind`` adds the engine's live gauges."""
+    """Request, token and model metrics, and live gauges read from ``stats``."""
 
-    def __init__(self) -> None:
-        self.bound = False
-
-    def bind(self, engine: AsyncEngine) -> None:
-        """Create the registry and metrics, with live gauges read from ``engine``."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
 
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -67,11 +61,7 @@ class Metrics:
         self.load_time = Histogram(
             "forge_model_load_seconds", "model load time", ["model"], buckets=_LATENCY, registry=r
         )
-        Gauge("forge_queue_depth", "requests waiting for a model slot", registry=r).set_function(
-            lambda: engine.scheduler.queued
-        )
-        r.register(_loaded_models(engine))
-        self.bound = True
+        r.register(_live(stats))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -81,19 +71,13 @@ class Metrics:
     # -- hooks -----------------------------------------------------------------------
 
     def on_model_load(self, e: ModelEvent) -> None:
-        if not self.bound:
-            return
         self.loads.labels(e.name).inc()
         self.load_time.labels(e.name).observe(e.load_duration / 1e9)
 
     def on_model_unload(self, e: ModelEvent) -> None:
-        if not self.bound:
-            return
         self.unloads.labels(e.name).inc()
 
     def on_inference_end(self, e: InferenceEvent) -> None:
-        if not self.bound:
-            return
         outcome = "ok" if e.error is None else "cancelled" if e.error == "cancelled" else "error"
         self.inferences.labels(e.model, e.task, outcome).inc()
         if e.stats is None:
@@ -105,25 +89,27 @@ class Metrics:
             self.speed.labels(e.model).observe(e.stats.tokens_per_second)
 
 
-def _loaded_models(engine: AsyncEngine) -> Any:
-    """A collector of the loaded models and their memory, read from the engine at scrape."""
+def _live(stats: Callable[[], EngineStats]) -> Any:
+    """A collector of the engine's live numbers, read at each scrape."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector
 
-    class LoadedModels(Collector):
+    class Live(Collector):
         def collect(self) -> Iterator[Metric]:
-            rows = engine.ps()
+            now = stats()
+            queue = GaugeMetricFamily("forge_queue_depth", "requests waiting for a model slot")
+            queue.add_metric([], now.queued)
             count = GaugeMetricFamily("forge_loaded_models", "models loaded now")
-            count.add_metric([], len(rows))
+            count.add_metric([], len(now.loaded))
             memory = GaugeMetricFamily(
                 "forge_model_memory_bytes",
                 "memory of each loaded model",
                 labels=["model", "backend", "device"],
             )
-            for m in rows:
+            for m in now.loaded:
                 memory.add_metric([m.name, m.backend, m.device], m.memory)
             tokens = CounterMetricFamily("forge_generated_tokens", "tokens generated, live")
-            tokens.add_metric([], engine.generated_tokens)
-            yield from (count, memory, tokens)
+            tokens.add_metric([], now.generated_tokens)
+            yield from (queue, count, memory, tokens)
 
-    return LoadedModels()
+    return Live()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -14,7 +13,6 @@ from pydantic import Field, field_validator
 
 from .. import __version__
 from ..errors import RequestError
-from ..progress import Progress
 from ..schema import (
     Body,
     ChatRequest,
@@ -24,9 +22,9 @@ from ..schema import (
     Message,
     Stats,
 )
-from ..toolcalls import extract_tool_calls
 from . import docs
 from .common import details, engine_of, iso, now_iso, primed, within
+from .pulling import pulled
 from .streaming import ndjson
 
 router = APIRouter(tags=["ollama"])
@@ -130,7 +128,8 @@ async def _respond(
     engine, timeout = engine_of(request), request.app.state.settings.request_timeout
     if not body.stream:
         r = await within(engine.complete(body.model, req, keep_alive=body.keep_alive), timeout)
-        return shape(body.model, Chunk(r.text, True, r.done_reason, r.stats, r.context))
+        whole = Chunk(r.text, True, r.done_reason, r.stats, r.context, r.tool_calls)
+        return shape(body.model, whole)
     items = await primed(engine.stream(body.model, req, keep_alive=body.keep_alive), timeout)
 
     async def encoded() -> AsyncGenerator[dict[str, Any], None]:
@@ -160,28 +159,18 @@ def _chat_item(model: str, c: Chunk) -> dict[str, Any]:
     return item
 
 
-def _with_tool_calls() -> Any:
-    """A chat shape that also reports the tool calls in the whole answer, on the last item."""
-    seen: list[str] = []
-
-    def shape(model: str, c: Chunk) -> dict[str, Any]:
-        seen.append(c.text)
-        item = _chat_item(model, c)
-        if c.done:
-            content, calls = extract_tool_calls("".join(seen))
-            if calls:
-                item["message"]["tool_calls"] = calls
-                if c.text:  # the whole answer in one item: drop the blocks from it
-                    item["message"]["content"] = content
-        return item
-
-    return shape
+def _with_tool_calls(model: str, c: Chunk) -> dict[str, Any]:
+    """A chat item that also carries the tool calls the engine found, on the last item."""
+    item = _chat_item(model, c)
+    if c.tool_calls:
+        item["message"]["tool_calls"] = c.tool_calls
+    return item
 
 
 async def _load_or_unload(request: Request, model: str, keep_alive: KeepAlive, key: str) -> Any:
     """Ollama's empty request: preload the model, or unload it with keep_alive 0."""
     engine = engine_of(request)
-    name = engine.store.get(model).name
+    name = (await engine.show(model)).name
     if engine.keep_alive_seconds(keep_alive) == 0:
         await engine.unload(name)
         reason = "unload"
@@ -234,7 +223,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
         format=body.format or None,
         options=body.inference_options(),
     )
-    return await _respond(request, body, req, _with_tool_calls() if body.tools else _chat_item)
+    return await _respond(request, body, req, _with_tool_calls if body.tools else _chat_item)
 
 
 @router.post("/api/embed", operation_id="embed", responses=docs.answers(docs.EmbedAnswer))
@@ -261,7 +250,7 @@ async def embeddings(body: EmbeddingsBody, request: Request) -> dict[str, Any]:
 
 @router.get("/api/tags", operation_id="tags", responses=docs.answers(docs.Tags))
 async def tags(request: Request) -> dict[str, Any]:
-    models = engine_of(request).store.list()
+    models = await engine_of(request).list()
     return {
         "models": [
             {
@@ -279,7 +268,7 @@ async def tags(request: Request) -> dict[str, Any]:
 
 @router.post("/api/show", operation_id="show", responses=docs.answers(docs.ShowAnswer))
 async def show(body: NameBody, request: Request) -> dict[str, Any]:
-    m = engine_of(request).store.get(body.target)
+    m = await engine_of(request).show(body.target)
     md = m.metadata
     caps = ["completion"] if md.model_type == "llm" else []
     caps += ["embedding"] if m.format == "gguf" or md.model_type == "embedding" else []
@@ -304,7 +293,7 @@ async def show(body: NameBody, request: Request) -> dict[str, Any]:
 async def ps(request: Request) -> dict[str, Any]:
     engine = engine_of(request)
     rows = []
-    for r in engine.ps():
+    for r in await engine.ps():
         m = engine.loaded_manifest(r.name)  # answers even once its manifest is removed
         left = r.expires_in if r.expires_in is not None else 10 * 365 * 86400.0
         rows.append(
@@ -331,61 +320,12 @@ async def ps(request: Request) -> dict[str, Any]:
 )
 async def pull(body: PullBody, request: Request) -> Any:
     """Pull a catalog model or a URL, or register a file under ``pull_paths``."""
-    engine = engine_of(request)
-    spec, policy = body.target, request.app.state.pull_policy
-    if not body.stream:
-        m = await engine.pull(spec, policy=policy, force=body.force)
-        return {"status": "success", "model": m.name}
-    engine.store.check_spec(spec, policy)  # a refusal keeps its status: before the stream
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Progress | BaseException | str] = asyncio.Queue()
-
-    def report(p: Progress) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, p)
-
-    async def run() -> None:
-        try:
-            m = await engine.pull(spec, progress=report, policy=policy, force=body.force)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:  # handed to the stream, which raises it there
-            events.put_nowait(e)
-        else:
-            events.put_nowait(m.name)
-
-    task = asyncio.create_task(run())
-
-    async def progress() -> AsyncGenerator[dict[str, Any], None]:
-        try:
-            while not isinstance(e := await events.get(), str):
-                if isinstance(e, BaseException):
-                    raise e
-                if e.status == "success":  # said once, below, with the stored name
-                    continue
-                yield {
-                    k: v
-                    for k, v in {
-                        "status": e.status,
-                        "digest": e.digest,
-                        "total": e.total,
-                        "completed": e.completed,
-                    }.items()
-                    if v is not None
-                }
-            yield {"status": "success", "model": e}
-        finally:
-            if not task.done():
-                task.cancel()
-
-    return ndjson(progress())
+    return await pulled(request, body.target, stream=body.stream, force=body.force)
 
 
 @router.delete("/api/delete", operation_id="delete", response_class=Response, responses=docs.EMPTY)
 async def delete(body: NameBody, request: Request) -> Response:
-    engine = engine_of(request)
-    name = engine.store.get(body.target).name
-    await engine.unload(name)
-    engine.store.rm(name)
+    await engine_of(request).rm(body.target)
     return Response(status_code=200)
 
 
@@ -396,7 +336,7 @@ async def delete(body: NameBody, request: Request) -> Response:
     responses={**docs.EMPTY, 200: {**docs.EMPTY[200], "links": docs.COPY_LINKS}},
 )
 async def copy(body: CopyBody, request: Request) -> Response:
-    engine_of(request).store.cp(body.source, body.destination)
+    await engine_of(request).cp(body.source, body.destination)
     return Response(status_code=200)
 
 

@@ -24,7 +24,6 @@ from ..schema import (
     InferenceOptions,
     Message,
 )
-from ..toolcalls import extract_tool_calls
 from . import docs
 from .common import engine_of, primed, within
 from .streaming import sse
@@ -111,14 +110,15 @@ def _usage(c: Chunk) -> dict[str, int]:
 
 
 async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: Any) -> Any:
-    """Shared by chat and text completions: ``piece(text, finish)`` builds one choice."""
+    """Shared by chat and text completions: ``piece(text, finish, final, tool_calls)``
+    builds one choice."""
     rid, created = f"{kind}-{uuid.uuid4().hex[:24]}", int(time.time())
     obj = "chat.completion" if kind == "chatcmpl" else "text_completion"
     engine, timeout = engine_of(request), request.app.state.settings.request_timeout
     head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": "forge"}
     if not body.stream:
         r = await within(engine.complete(body.model, req), timeout)
-        choice = piece(r.text, _REASON[r.done_reason], final=True)
+        choice = piece(r.text, _REASON[r.done_reason], True, r.tool_calls)
         return head | {"object": obj, "choices": [choice], "usage": _usage(Chunk(stats=r.stats))}
     items = await primed(engine.stream(body.model, req), timeout)
 
@@ -130,8 +130,9 @@ async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: 
         async with contextlib.aclosing(items):
             async for last in items:
                 if last.text:
-                    yield head | {"object": obj, "choices": [piece(last.text, None, False)]}
-        yield head | {"object": obj, "choices": [piece("", _REASON[last.done_reason], False)]}
+                    yield head | {"object": obj, "choices": [piece(last.text, None, False, None)]}
+        end = piece("", _REASON[last.done_reason], False, last.tool_calls)
+        yield head | {"object": obj, "choices": [end]}
         if usage:
             yield head | {"object": obj, "choices": [], "usage": _usage(last)}
 
@@ -151,18 +152,13 @@ async def chat_completions(body: ChatBody, request: Request) -> Any:
     fmt = body.response_format.format() if body.response_format else None
     req = ChatRequest(messages=messages, tools=body.tools, format=fmt, options=body.options())
 
-    seen: list[str] = []
-
-    def piece(text: str, finish: str | None, final: bool) -> dict[str, Any]:
+    def piece(text: str, finish: str | None, final: bool, calls: Any) -> dict[str, Any]:
         key = "message" if final else "delta"
         message: dict[str, Any] = {"role": "assistant", "content": text}
-        seen.append(text)
-        if finish is not None and body.tools:
-            content, calls = extract_tool_calls("".join(seen))
-            if calls:
-                message["tool_calls"] = [_openai_call(i, c) for i, c in enumerate(calls)]
-                message["content"] = (content or None) if final else text
-                finish = "tool_calls"
+        if calls:  # the engine found them in the whole answer
+            message["tool_calls"] = [_openai_call(i, c) for i, c in enumerate(calls)]
+            message["content"] = (text or None) if final else text
+            finish = "tool_calls"
         return {"index": 0, key: message, "finish_reason": finish, "logprobs": None}
 
     return await _run(request, body, req, "chatcmpl", piece)
@@ -192,7 +188,7 @@ async def completions(body: CompletionBody, request: Request) -> Any:
         prompt = body.prompt
     req = GenerateRequest(prompt=prompt, raw=True, options=body.options())
 
-    def piece(text: str, finish: str | None, final: bool) -> dict[str, Any]:
+    def piece(text: str, finish: str | None, final: bool, calls: Any) -> dict[str, Any]:
         return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
 
     return await _run(request, body, req, "cmpl", piece)
@@ -240,7 +236,7 @@ def _model_card(name: str, created: str) -> dict[str, Any]:
     responses=docs.answers(docs.ModelList, errors=docs.OPENAI_ERRORS),
 )
 async def models(request: Request) -> dict[str, Any]:
-    found = engine_of(request).store.list()
+    found = await engine_of(request).list()
     return {"object": "list", "data": [_model_card(m.name, m.created_at) for m in found]}
 
 
@@ -250,5 +246,5 @@ async def models(request: Request) -> dict[str, Any]:
     responses=docs.answers(docs.ModelCard, errors=docs.OPENAI_ERRORS),
 )
 async def model(model_id: str, request: Request) -> dict[str, Any]:
-    m = engine_of(request).store.get(model_id)
+    m = await engine_of(request).show(model_id)
     return _model_card(m.name, m.created_at)

@@ -20,7 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from ..errors import ForgeError
-from .errors import openai_error
+from .errors import ollama_error, openai_error
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def ndjson(items: Items) -> StreamingResponse:
     """One JSON object per line, as Ollama streams."""
 
     async def body() -> AsyncIterator[str]:
-        async with contextlib.aclosing(_guarded(items, lambda e: {"error": str(e)})) as guarded:
+        async with contextlib.aclosing(_guarded(items, ollama_error)) as guarded:
             async for item in guarded:
                 yield _dumps(item) + "\n"
 

@@ -8,7 +8,6 @@ and L2-normalized, as sentence-transformers does for all-MiniLM-L6-v2.
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..errors import (
 from ..limits import check_embed_tokens
 from ..mold import Device, LoadOptions
 from ..schema import ChatRequest, Chunk, EmbedRequest, GenerateRequest, Request, Result, Stats
+from ..store.formats import max_text_tokens
 from ..store.manifest import Manifest
 from ..worker import Worker
 
@@ -49,7 +49,7 @@ class TextTokenizer:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:
             raise InvalidModelFile(f"cannot read {path}: {e}") from e
-        self.max_length = _max_length(folder)
+        self.max_length = max_text_tokens(folder)
         self._tok.no_truncation()
         self._tok.no_padding()
 
@@ -92,21 +92,6 @@ def mean_pool(hidden: Any, mask: Any) -> list[list[float]]:
     pooled = summed / np.clip(m.sum(axis=1), 1e-9, None)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.clip(norms, 1e-12, None)).astype(float).tolist()  # type: ignore[no-any-return]
-
-
-def _max_length(folder: Path) -> int:
-    for name, key in (
-        ("sentence_bert_config.json", "max_seq_length"),
-        ("tokenizer_config.json", "model_max_length"),
-        ("config.json", "max_position_embeddings"),
-    ):
-        try:
-            value = json.loads((folder / name).read_text()).get(key)
-        except (OSError, ValueError):
-            continue
-        if isinstance(value, int) and 0 < value < 1_000_000:
-            return value
-    return 512
 
 
 class EncoderMold(abc.ABC):
@@ -158,10 +143,6 @@ class EncoderMold(abc.ABC):
         self.__dict__.pop("_model", None)
         self.__dict__.pop("_session", None)
 
-    @property
-    def is_loaded(self) -> bool:
-        return self._worker is not None and self._tok is not None
-
     def _live(self) -> tuple[TextTokenizer, Worker]:
         if self._tok is None or self._worker is None:
             raise ModelNotLoaded(f"{self.name} is not loaded")
@@ -203,9 +184,6 @@ class EncoderMold(abc.ABC):
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
         raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
         yield Chunk()  # unreachable: makes this an async generator, as the protocol wants
-
-    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
-        return [await self.infer(r) for r in reqs]
 
     async def tokenize(self, text: str) -> list[int]:
         return self._live()[0].tokenize(text)

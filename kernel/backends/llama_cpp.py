@@ -28,8 +28,8 @@ from ..schema import (
     Stats,
 )
 from ..store.manifest import Manifest
-from ..templates import render_go_template
 from ..worker import Worker
+from .templates import render_go_template
 
 if TYPE_CHECKING:
     from .llama_runtime import LlamaRuntime
@@ -78,10 +78,6 @@ class LlamaCppBackend:
         return LlamaCppMold(manifest, device, opts, memory)
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
 def _context(manifest: Manifest, opts: LoadOptions) -> int:
     trained = manifest.metadata.context_size
     wanted = opts.num_ctx or 4096
@@ -119,7 +115,7 @@ class LlamaCppMold:
                     threads=self._opts.threads or os.cpu_count() or 1,
                     gpu_layers=layers if gpu else 0,
                     main_gpu=int(self.device.split(":")[1]) if gpu else -1,
-                    max_grammar_bytes=_int(self._opts.extra.get("max_grammar_bytes")),
+                    max_grammar_bytes=self._opts.settings.max_grammar_bytes,
                 )
             )
         except BaseException:
@@ -144,10 +140,6 @@ class LlamaCppMold:
         if rt is not None and worker is not None:
             await worker.call(rt.close)
             await worker.stop()
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._runtime is not None
 
     def _live(self) -> tuple[LlamaRuntime, Worker]:
         if self._runtime is None or self._worker is None:
@@ -195,10 +187,6 @@ class LlamaCppMold:
         return Result(
             text, done_reason=last.done_reason, stats=last.stats or Stats(), context=last.context
         )
-
-    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
-        # Sequential for now; the scheduler's slots leave room for llama_batch seq_ids.
-        return [await self.infer(r) for r in reqs]
 
     async def tokenize(self, text: str) -> list[int]:
         rt, worker = self._live()

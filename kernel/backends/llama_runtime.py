@@ -25,11 +25,12 @@ from ..errors import (
     InvalidFormat,
     InvalidModelFile,
     InvalidTemplate,
+    ModelError,
     UnsupportedTask,
 )
 from ..limits import check_embed_tokens, check_grammar_size
 from ..schema import Chunk, Format, InferenceOptions, Message, Stats
-from ..stops import StopMatcher
+from .stops import StopMatcher
 
 log = logging.getLogger("ferrousforge.llama_cpp")
 
@@ -157,6 +158,10 @@ class LlamaRuntime:
         return list(self.llm.tokenize(text.encode(), add_bos=add_special, special=True))
 
     def detokenize(self, ids: Sequence[int]) -> str:
+        vocab = self.llm.n_vocab()
+        if (bad := next((i for i in ids if not 0 <= i < vocab), None)) is not None:
+            # llama.cpp looks ids up unchecked: one outside the vocabulary would abort
+            raise ModelError(f"token {bad} is not in the model's vocabulary (0..{vocab - 1})")
         arr = (llama_cpp.llama_token * len(ids))(*ids)
         size = 8 * len(ids) + 16
         buf = ctypes.create_string_buffer(size)

@@ -28,8 +28,8 @@ from ..schema import (
     Stats,
     collect,
 )
-from ..stops import StopMatcher
 from ..store.manifest import Manifest
+from .stops import StopMatcher
 
 
 class NullBackend:
@@ -70,10 +70,6 @@ class NullMold:
 
     async def unload(self) -> None:
         self._loaded = False
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._loaded
 
     async def infer(self, req: Request) -> Result:
         if isinstance(req, EmbedRequest):
@@ -117,9 +113,6 @@ class NullMold:
         took = time.perf_counter_ns() - start
         stats = Stats(len(prompt.split()), 0, count, took)
         yield Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
-
-    async def infer_batch(self, reqs: Sequence[Request]) -> list[Result]:
-        return [await self.infer(r) for r in reqs]
 
     async def tokenize(self, text: str) -> list[int]:
         return list(text.encode())

@@ -70,7 +70,7 @@ class OnnxMold(EncoderMold):
         graphs = sorted(self.path.glob("*.onnx")) if self.path.is_dir() else [self.path]
         if not graphs:
             raise InvalidModelFile(f"no .onnx graph in {self.path}")
-        level = str(self.opts.extra.get("onnx_optimization") or "all")
+        level = self.opts.settings.onnx_optimization
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         so.intra_op_num_threads = self.opts.threads or 0
@@ -83,7 +83,7 @@ class OnnxMold(EncoderMold):
             raise InvalidModelFile(f"onnxruntime cannot load {graphs[0]}: {e}") from e
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
-        binding = self.opts.extra.get("onnx_io_binding")
+        binding = self.opts.settings.onnx_io_binding
         # Binding saves the host<->device copies of inputs and outputs; on the CPU there are none
         self.io_binding = self.device != "cpu" if binding is None else bool(binding)
 

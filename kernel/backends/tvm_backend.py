@@ -18,8 +18,8 @@ from ..devices import cpu_device
 from ..errors import InvalidModelFile, MissingExtra
 from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
-from ..tvm_compile import INPUTS, Cache, Source, bucket, parse_target
 from .encoders import Batch, EncoderMold
+from .tvm_compile import INPUTS, Cache, Source, bucket, parse_target
 
 log = logging.getLogger(__name__)
 SPEC = "tvm.json"

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import safetensors_file
 from ..errors import (
     ContextOverflow,
     DeviceUnavailable,
@@ -26,7 +25,7 @@ from ..errors import (
 )
 from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
-from . import bert_plan, wgsl
+from . import bert_plan, safetensors_file, wgsl
 from .bert_plan import gelu_groups as gelu_groups  # tests import it from here
 from .encoders import Batch, EncoderMold
 

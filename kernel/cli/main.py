@@ -1,4 +1,5 @@
-"""``forge``: the command line. Parsing and error handling here; the work is in commands.py."""
+"""``forge``: the command line. Parsing and error handling here; the work is in commands.py,
+models.py and servers.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ForgeError
-from . import commands
+from . import commands, models, servers
 from .render import err
 
 DESCRIPTION = """\
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print timings after each answer")
     _load_flags(p)
 
-    p = cmd("serve", "Serve the Ollama- and OpenAI-compatible HTTP API", commands.serve)
+    p = cmd("serve", "Serve the Ollama- and OpenAI-compatible HTTP API", servers.serve)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 11434, Ollama's)")
     p.add_argument(
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "web",
         "Serve the in-browser app (demo page, forge.js, browser Molds) with the engine's API, "
         "or export it as a static folder",
-        commands.web,
+        servers.web,
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=11435, help="port (default 11435)")
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("hash-key", "Print the sha256:<hex> form of an API key, for configs", commands.hash_key)
     p.add_argument("key", nargs="?", help="the key (default: read from stdin)")
 
-    p = cmd("pull", "Fetch a model into the store", commands.pull)
+    p = cmd("pull", "Fetch a model into the store", models.pull)
     p.add_argument("spec", help="catalog name (smollm2:135m), local file or folder, or URL")
     p.add_argument("--name", help="store it under this name")
     p.add_argument("--sha256", help="expected digest of a downloaded file")
@@ -167,25 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(
         "check",
         "Verify every model's files against its manifest, and sweep what crashes left",
-        commands.check,
+        models.check,
     )
 
-    cmd("list", "List the models in the store", commands.list_models)
+    cmd("list", "List the models in the store", models.list_models)
 
-    p = cmd("show", "Show a model's manifest and metadata", commands.show)
+    p = cmd("show", "Show a model's manifest and metadata", models.show)
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="the whole manifest as JSON")
 
-    p = cmd("rm", "Remove models (files registered in place are left alone)", commands.rm)
+    p = cmd("rm", "Remove models (files registered in place are left alone)", models.rm)
     p.add_argument("models", nargs="+")
 
-    p = cmd("cp", "Copy a model to a new name (no file is copied)", commands.cp)
+    p = cmd("cp", "Copy a model to a new name (no file is copied)", models.cp)
     p.add_argument("source")
     p.add_argument("destination")
 
-    cmd("ps", "List the models loaded by running engines", commands.ps)
+    cmd("ps", "List the models loaded by running engines", models.ps)
 
-    p = cmd("devices", "List the devices each backend can use", commands.devices)
+    p = cmd("devices", "List the devices each backend can use", models.devices)
     p.add_argument("--json", action="store_true")
 
     p = cmd("embed", "Print embeddings of TEXTs", commands.embed)

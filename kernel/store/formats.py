@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from .. import gguf
 from ..errors import StorageError, UnsupportedFormat
 from ..progress import Progress, ProgressCallback, ignore
 from ..schema import ModelMetadata
+from . import gguf
 from .manifest import FileEntry
 
 FORMATS = "gguf (file), onnx (file or folder), safetensors (folder with config.json)"
@@ -89,3 +90,20 @@ def hash_file(path: Path, progress: ProgressCallback) -> str:
 def has_file(path: Path, sha256: str) -> bool:
     """Whether a previous, interrupted pull already left this verified file in staging."""
     return path.is_file() and hash_file(path, ignore) == sha256
+
+
+def max_text_tokens(folder: Path) -> int:
+    """The longest input, in tokens, an encoder folder's configs allow (512 if none says):
+    what every runtime truncates to, in the engine and in the browser alike."""
+    for name, key in (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+        ("config.json", "max_position_embeddings"),
+    ):
+        try:
+            value = json.loads((folder / name).read_text()).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int) and 0 < value < 1_000_000:
+            return value
+    return 512

@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urldefrag, urlparse
 
-from .. import faults, gguf
+from .. import faults
 from ..errors import (
     ConfigError,
     Forbidden,
@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..progress import Progress, ProgressCallback, ignore
 from ..runstate import read_all
+from . import gguf
 from .catalog import CATALOG, CatalogEntry, lookup
 from .formats import (
     check_sha,

@@ -200,7 +200,7 @@ async function start() {
   ui["key-field"].hidden = true;
   state.groups = groupModels(list.value);
   if (!state.groups.length) {
-    ui["empty-text"].textContent = "The engine has no model a browser runtime can run: pull minilm:l6 (then forge convert minilm:l6 --to onnx) or smollm2:135m.";
+    ui["empty-text"].textContent = "The engine has no model a browser runtime can run: pull minilm:l6 or smollm2:135m.";
     return;
   }
   ui.model.disabled = false;

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress, ProgressCallback
+from ..progress import Progress, ProgressCallback
 
 
 def import_tensor_intrin() -> None:

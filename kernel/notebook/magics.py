@@ -23,12 +23,12 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import JSON, Code, Markdown, display
 
-from . import notebook
+from .. import notebook
+from ..errors import ForgeError, MissingExtra, ModelNotFound, UsageError
+from ..humanize import size as _size
+from ..humanize import table, until
+from ..progress import Progress
 from .answer import Answer, stream_answer
-from .cli.render import size as _size
-from .cli.render import table, until
-from .errors import ForgeError, MissingExtra, ModelNotFound
-from .progress import Progress
 
 HELP = """\
 %forge load MODEL [--backend B] [--device D] [--keep-alive T]   pull if needed, then load
@@ -42,10 +42,6 @@ HELP = """\
         [--max-tokens N] [-o VAR] [--history] [--background]
                              the cell is the prompt, {var} taken from your names;
                              --background returns at once (-o VAR: a Future)"""
-
-
-class UsageError(ForgeError):
-    status = 400
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ForgeError
-from .store.names import parse_name
+from ..errors import ForgeError
+from ..store.names import parse_name
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ spaces).
 
 from __future__ import annotations
 
-from .errors import InvalidTemplate
+from ..errors import InvalidTemplate
 
 _BEYOND = "template uses Go template syntax beyond .System/.Prompt/.Response and if/else/end"
 

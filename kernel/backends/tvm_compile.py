@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InvalidModelFile, MissingExtra
-from .progress import Progress, ProgressCallback, ignore
+from ..errors import ConfigError, InvalidModelFile, MissingExtra
+from ..progress import Progress, ProgressCallback, ignore
 
 log = logging.getLogger(__name__)
 BATCHES = (1, 8, 32)  # larger batches run in slices of 32
@@ -211,7 +211,7 @@ def _from_torch(folder: Path, shape: tuple[int, int]) -> Any:
         from tvm.relax.frontend.torch import from_exported_program
     except ImportError as e:
         raise MissingExtra(f"{e.name} (for TVM's torch frontend)", "torch") from e
-    from .backends.torch_backend import traceable_encoder
+    from .torch_backend import traceable_encoder
 
     encoder = traceable_encoder(folder)
     example = tuple(torch.ones(shape, dtype=torch.int64) for _ in INPUTS)

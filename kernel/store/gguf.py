@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidModelFile
-from .schema import ModelMetadata
+from ..errors import InvalidModelFile
+from ..schema import ModelMetadata
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -32,9 +32,9 @@ def use(engine: Any) -> None:
 def _connect() -> Any:
     url = os.environ.get("FORGE_URL")
     if url:
-        from .client import RemoteEngine
+        from ..client import RemoteEngine
 
         return RemoteEngine(url, api_key=os.environ.get("FORGE_API_KEY"))
-    from .sync_engine import Engine
+    from ..sync_engine import Engine
 
     return Engine()

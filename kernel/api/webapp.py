@@ -3,10 +3,15 @@
 ``/web/models/<name>/<file>`` (those models' files). Every response carries COOP/COEP, so
 the page is cross-origin isolated and WASM threads work. ``export`` writes the same tree
 as a static folder.
+
+``prepare`` converts what a page needs to embed each model on both targets (minilm:l6 gets
+minilm:l6-onnx for WASM). ``forge web`` and ``forge serve`` run it at start, and a page may
+ask for it with ``POST /web/prepare``; a GET never converts anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import json
@@ -21,11 +26,15 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from pydantic import Field
 
-from .errors import ConfigError, InvalidModelName, ModelNotFound, NotFound
-from .progress import Progress, ProgressCallback, ignore
-from .store.manifest import Manifest
-from .store.store import Store
+from .. import forms
+from ..errors import ConfigError, ForgeError, InvalidModelName, ModelNotFound, NotFound
+from ..progress import Progress, ProgressCallback, ignore
+from ..schema import Body
+from ..store.formats import max_text_tokens
+from ..store.manifest import Manifest
+from ..store.store import Store
 
 ISOLATION = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -51,6 +60,9 @@ _FOLDER_FILES = {
     "safetensors": ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"),
 }
 _RUNTIMES = {"onnx": "ort", "safetensors": "pyodide", "gguf": "wllama"}
+# The formats a page embeds from, by target: ORT-web reads ONNX on both, the Pyodide Mold
+# reads safetensors on WebGPU only (web/runtimes/).
+EMBED_FORMATS = {"wasm": ("onnx",), "webgpu": ("onnx", "safetensors")}
 _SKIP = {"__init__.py", "__pycache__", "build.mjs"}
 MARKER = ".forge-export"  # in every exported folder: the models it holds, as JSON
 
@@ -63,6 +75,11 @@ def root() -> Path:
 def built() -> bool:
     """Whether ``npm run build`` has gathered the runtimes into ``vendor/``."""
     return (root() / "vendor" / "ort" / "ort.wasm.min.mjs").is_file()
+
+
+def require_built() -> None:
+    if not built():
+        raise ConfigError("the browser runtimes are not built: run `npm ci && npm run build`")
 
 
 @dataclass
@@ -108,9 +125,7 @@ def browser_model(manifest: Manifest) -> BrowserModel | None:
         return None
     max_length = None
     if runtime != "wllama":
-        from .backends.encoders import _max_length
-
-        max_length = _max_length(next(iter(sources.values())).parent)
+        max_length = max_text_tokens(next(iter(sources.values())).parent)
     files = {n: p.stat().st_size for n, p in sources.items()}
     return BrowserModel(
         name=manifest.name,
@@ -135,6 +150,49 @@ def browser_models(store: Store) -> list[BrowserModel]:
 
 def catalog(models: list[BrowserModel]) -> dict[str, Any]:
     return {"models": [m.public() for m in models]}
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` converted, and why a model could not get every form it needs."""
+
+    made: list[str] = field(default_factory=list)
+    failed: dict[str, ForgeError] = field(default_factory=dict)
+
+
+def prepare(
+    store: Store, progress: ProgressCallback = ignore, names: Sequence[str] = ()
+) -> Prepared:
+    """Convert what a page needs to embed each browser model (of ``names``, else all) with
+    target ``wasm`` and ``webgpu``; the new entries stay in the store. A model whose forms
+    cannot be made is kept in ``failed``, and the others are still prepared."""
+    from ..backends.torch_backend import is_decoder
+
+    before = {m.name for m in store.list()}
+    done = Prepared()
+    for manifest in [store.get(n) for n in names] if names else store.list():
+        model = browser_model(manifest)
+        if model is None or model.task != "embed":
+            continue
+        if manifest.format == "safetensors" and is_decoder(manifest.file):
+            continue  # no browser runtime generates from safetensors
+        for target, formats in EMBED_FORMATS.items():
+            try:
+                forms.form_in(store, manifest, formats, f"the browser on {target}", None, progress)
+            except ForgeError as e:
+                done.failed[manifest.name] = e
+                break
+            except Exception as e:  # an exporter failing on a model it cannot trace
+                failure = ForgeError(f"cannot convert {manifest.name} for the browser: {e}")
+                failure.__cause__ = e
+                done.failed[manifest.name] = failure
+                break
+    done.made = sorted(m.name for m in store.list() if m.name not in before)
+    return done
+
+
+class PrepareBody(Body):
+    model: str = Field(min_length=1)
 
 
 def _static(path: Path) -> Response:
@@ -163,6 +221,16 @@ def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter
     @web.api_route("/models.json", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def models() -> Response:
         return JSONResponse(catalog(browser_models(store())), headers=ISOLATION)
+
+    @web.post("/prepare", dependencies=list(guarded))
+    async def prepare_model(body: PrepareBody) -> Response:
+        """Convert what the page needs for ``model`` (see ``prepare``); the new catalog."""
+        models = store()
+        done = await asyncio.to_thread(prepare, models, ignore, [body.model])
+        for failure in done.failed.values():
+            raise failure
+        answer = {"made": done.made} | catalog(browser_models(models))
+        return JSONResponse(answer, headers=ISOLATION)
 
     @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def model_file(rest: str) -> Response:
@@ -204,23 +272,25 @@ def export(
     names: list[str],
     progress: ProgressCallback = ignore,
 ) -> list[BrowserModel]:
-    """Write the app, its runtimes and the models ``names`` (all browser models when empty)
-    into ``target``, ready for any static host that sends the headers in ``_headers``.
+    """Write the app, its runtimes and the models ``names`` with the forms made from them
+    (all browser models when empty) into ``target``, ready for any static host that sends
+    the headers in ``_headers``.
 
     The new tree is built next to ``target`` and swapped in whole, so a reader never sees a
     mix of two exports and models no longer chosen disappear. Files unchanged since the
     previous export are hardlinked from it, not copied. Only an empty folder or a previous
     export (it holds ``.forge-export``) is replaced."""
-    if not built():
-        raise ConfigError("the browser runtimes are not built: run `npm ci && npm run build`")
+    require_built()
     every = {m.name: m for m in browser_models(store)}
-    chosen = []
+    picked: dict[str, BrowserModel] = {}
     for name in names or list(every):
         manifest = store.get(name)
         model = every.get(manifest.name)
         if model is None:
             raise ConfigError(f"{name} has no browser runtime (it is {manifest.format})")
-        chosen.append(model)
+        picked[model.name] = model  # with the forms made from it, so each target has one
+        picked |= {m.name: every[m.name] for m in store.derived(model.name) if m.name in every}
+    chosen = list(picked.values())
     jobs = list(_app_files())
     jobs += [(src, m.base + n) for m in chosen for n, src in m.sources.items()]
     total, done = sum(src.stat().st_size for src, _ in jobs), 0

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidModelFile, UnsupportedFormat
+from ..errors import InvalidModelFile, UnsupportedFormat
 
 if TYPE_CHECKING:
     import numpy.typing as npt

@@ -1,0 +1,221 @@
+"""The engine's inference methods: streams and whole answers for generate and chat,
+embeddings and tokens. Every request holds its model through one lease, and the hooks
+(metrics, traces, plugins) see each one start and end, cut short or not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from typing import Any
+
+from .errors import UnsupportedTask
+from .hooks import Hooks, InferenceEvent, current_client, current_request_id
+from .interface import KeepAlive, Messages
+from .limits import Limits
+from .mold import LoadOptions, Mold
+from .scheduler import Lease
+from .schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    Format,
+    GenerateRequest,
+    InferenceOptions,
+    Result,
+    Stats,
+    chat_request,
+    collect,
+    generate_request,
+)
+from .store.manifest import Manifest
+from .store.store import Store
+from .toolcalls import extract_tool_calls
+
+
+class EngineInference:
+    """Mixed into ``AsyncEngine``, which supplies the store, limits, hooks and ``_lease``."""
+
+    store: Store
+    limits: Limits
+    hooks: Hooks
+    generated_tokens: int
+
+    def _lease(
+        self,
+        model: str | Manifest,
+        wanted: LoadOptions | None = None,
+        keep_alive: KeepAlive = None,
+        options: InferenceOptions | None = None,
+        priority: int = 0,
+    ) -> AbstractAsyncContextManager[Lease]:
+        raise NotImplementedError
+
+    async def stream(
+        self,
+        model: str,
+        req: GenerateRequest | ChatRequest,
+        *,
+        keep_alive: KeepAlive = None,
+        priority: int = 0,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream the answer to a full request record (what the HTTP API builds). With
+        ``tools``, the last chunk carries the tool calls found in the whole answer."""
+        start = time.perf_counter_ns()
+        manifest, task, event = self._prepare(model, req)
+        first, last, error = 0, Chunk(), None
+        prompt = seen = 0
+        parts: list[str] = []
+        tools = isinstance(req, ChatRequest) and bool(req.tools)
+        async with self._lease(manifest, None, keep_alive, req.options, priority) as lease:
+            _require(lease.mold, task)
+            self.hooks.inference_started(event)
+            try:
+                async for last in lease.mold.infer_stream(req):
+                    if not (last.text or last.done):  # a progress report: the prompt's size
+                        prompt = last.stats.prompt_eval_count if last.stats else prompt
+                        continue
+                    if last.text:
+                        first = first or time.perf_counter_ns() - start
+                        seen += 1
+                        self.generated_tokens += 1
+                        if tools:
+                            parts.append(last.text)
+                    if last.done and last.stats is not None:
+                        last.stats.load_duration = lease.load_duration
+                        last.stats.total_duration = time.perf_counter_ns() - start
+                        self.generated_tokens += last.stats.eval_count - seen  # exact at the end
+                    if last.done and tools:
+                        last.tool_calls = extract_tool_calls("".join(parts))[1] or None
+                    yield last
+            except BaseException as e:
+                error = _why(e)
+                raise
+            finally:
+                # Cut short (a disconnect, a timeout): what was used so far still counts.
+                stats = (
+                    last.stats if last.done else Stats(prompt_eval_count=prompt, eval_count=seen)
+                )
+                end = replace(event, stats=stats, first_token_ns=first, error=error)
+                self.hooks.inference_ended(end)
+
+    async def complete(
+        self,
+        model: str,
+        req: GenerateRequest | ChatRequest,
+        *,
+        keep_alive: KeepAlive = None,
+        priority: int = 0,
+    ) -> Result:
+        """The whole answer at once (the stream, collected: a timeout still counts the
+        tokens made before it)."""
+        return await collect(self.stream(model, req, keep_alive=keep_alive, priority=priority))
+
+    def _prepare(
+        self, model: str, req: GenerateRequest | ChatRequest
+    ) -> tuple[Manifest, str, InferenceEvent]:
+        manifest = self.store.get(model)
+        self.limits.options(req.options)
+        self.limits.format(req.format)
+        if isinstance(req, GenerateRequest):
+            self.limits.template(req.template)
+        if manifest.options:  # the model's defaults, under what the request sets
+            req.options = InferenceOptions.model_validate(manifest.options).merged(req.options)
+        task = "chat" if isinstance(req, ChatRequest) else "generate"
+        event = InferenceEvent(manifest.name, task, current_request_id.get(), current_client.get())
+        return manifest, task, event
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        format: Format = None,
+        context: list[int] | None = None,
+        options: InferenceOptions | dict[str, Any] | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream a completion. Unless ``raw``, the model's chat template is applied;
+        ``format`` ("json" or a JSON schema) constrains the output; ``context`` continues
+        an earlier answer (its ``Result.context``)."""
+        req = generate_request(
+            prompt, system=system, raw=raw, format=format, context=context, options=options
+        )
+        return self.stream(model, req, keep_alive=keep_alive)
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        format: Format = None,
+        options: InferenceOptions | dict[str, Any] | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream a chat reply rendered through the model's own chat template."""
+        req = chat_request(messages, tools=tools, format=format, options=options)
+        return self.stream(model, req, keep_alive=keep_alive)
+
+    async def generate(self, model: str, prompt: str, **kw: Any) -> Result:
+        """``generate_stream``'s answer in one piece; it takes the same keywords."""
+        return await collect(self.generate_stream(model, prompt, **kw))
+
+    async def chat(self, model: str, messages: Messages, **kw: Any) -> Result:
+        """``chat_stream``'s answer in one piece, tool calls parsed (``Result.tool_calls``)."""
+        return await collect(self.chat_stream(model, messages, **kw))
+
+    async def embed(
+        self,
+        model: str,
+        input: str | Sequence[str],
+        *,
+        truncate: bool = True,
+        keep_alive: KeepAlive = None,
+    ) -> Result:
+        """Embeddings, one vector per input text."""
+        texts = [input] if isinstance(input, str) else list(input)
+        self.limits.embed_inputs(texts)
+        manifest = self.store.get(model)
+        event = InferenceEvent(
+            manifest.name, "embed", current_request_id.get(), current_client.get()
+        )
+        req = EmbedRequest(input=texts, truncate=truncate, max_tokens=self.limits.max_embed_tokens)
+        start = time.perf_counter_ns()
+        async with self._lease(manifest, None, keep_alive) as lease:
+            _require(lease.mold, "embed")
+            self.hooks.inference_started(event)
+            try:
+                result = await lease.mold.infer(req)
+            except BaseException as e:
+                self.hooks.inference_ended(replace(event, error=_why(e)))
+                raise
+        s = result.stats
+        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
+        self.hooks.inference_ended(replace(event, stats=s))
+        return result
+
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        async with self._lease(model) as lease:
+            return await lease.mold.tokenize(text)
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        async with self._lease(model) as lease:
+            return await lease.mold.detokenize(ids)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, GeneratorExit | asyncio.CancelledError):
+        return "cancelled"
+    return str(e) or type(e).__name__
+
+
+def _require(mold: Mold, task: str) -> None:
+    if task not in mold.tasks:
+        raise UnsupportedTask(
+            f"{mold.name} cannot {task}; it supports: {', '.join(sorted(mold.tasks))}"
+        )

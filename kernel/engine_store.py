@@ -1,0 +1,105 @@
+"""The engine's store methods: every caller's one road to the store. The HTTP API, the
+CLI and the notebooks list, show, pull, remove, copy and convert through these, so the
+engine's settings and its delete rule (unload, then remove) apply everywhere."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from .progress import Progress, ProgressCallback, ignore
+from .pulls import Pulls
+from .store.manifest import Manifest
+from .store.policy import PullPolicy
+from .store.store import Store
+from .worker import with_reports
+
+
+class EngineStore:
+    """Mixed into ``AsyncEngine``, which supplies ``store``, ``pulls`` and ``unload``."""
+
+    store: Store
+    pulls: Pulls
+
+    async def unload(self, model: str) -> bool:
+        raise NotImplementedError
+
+    async def list(self) -> list[Manifest]:
+        """Every model in the store, by name."""
+        return self.store.list()
+
+    async def show(self, model: str) -> Manifest:
+        return self.store.get(model)
+
+    async def pull(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        progress: ProgressCallback = ignore,
+        force: bool = False,
+        policy: PullPolicy | None = None,
+    ) -> Manifest:
+        """Pull a catalog model, register a local file or folder, or download a URL, on the
+        engine's pull threads (``progress`` is called there). Cancelling the caller stops
+        the pull; ``policy`` bounds what it may reach (the HTTP API passes its own);
+        ``force`` lets a derived name replace a model from another source."""
+        self.store.check_spec(spec, policy)  # refused at once, before it waits for a thread
+
+        def work(report: ProgressCallback) -> Manifest:
+            return self.store.pull(
+                spec, name=name, sha256=sha256, progress=report, policy=policy, force=force
+            )
+
+        return await self.pulls.run(f"the pull of {spec}", work, progress)
+
+    def pull_stream(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        force: bool = False,
+        policy: PullPolicy | None = None,
+    ) -> AsyncGenerator[Progress | Manifest, None]:
+        """``pull`` as a stream: Progress items on this loop as they come, then the
+        Manifest. Checks the spec first, so a refusal raises before the stream exists."""
+        self.store.check_spec(spec, policy)
+        return with_reports(
+            lambda report: self.pull(
+                spec, name=name, sha256=sha256, progress=report, force=force, policy=policy
+            )
+        )
+
+    async def rm(self, model: str) -> None:
+        """Unload ``model`` (once its running requests end), then remove it from the store;
+        its blob goes when no other name and no other engine's loaded model uses it."""
+        name = self.store.get(model).name
+        await self.unload(name)
+        self.store.rm(name)
+
+    async def cp(self, source: str, destination: str) -> Manifest:
+        return self.store.cp(source, destination)
+
+    async def convert(
+        self, model: str, to: str, *, progress: ProgressCallback = ignore, **kw: Any
+    ) -> Manifest:
+        """``forge convert``: ``model`` in format ``to`` as a new entry linked to it."""
+        from .convert import convert
+
+        return await self.pulls.run(
+            f"converting {model}",
+            lambda report: convert(self.store, model, to, report, **kw),
+            progress,
+        )
+
+    async def sweep(self) -> builtins.list[Path]:
+        """Remove what crashes left in the store (see ``Store.sweep``)."""
+        return await self.pulls.run("sweep", lambda _: self.store.sweep(), ignore)
+
+    async def verify(self, progress: ProgressCallback = ignore) -> dict[str, str]:
+        """Check every model's files against its manifest: {name: problem}."""
+        return await self.pulls.run("check", self.store.check, progress)

@@ -1,0 +1,217 @@
+"""The Jupyter server extension: one engine per Jupyter server, shared by all its kernels.
+
+On load it starts the engine's HTTP API on a private 127.0.0.1 port with a random key, mounts
+it under ``<base_url>forge/`` behind Jupyter's own authentication (a request without a
+token gets 403, and a cookie-authenticated POST needs Jupyter's XSRF token, as every Jupyter
+API does), serves a small page at ``forge/ui``, and exports ``FORGE_URL`` and
+``FORGE_API_KEY`` so the kernels this server starts use that engine without configuration
+(``notebook.shared()``): several notebooks, one copy of each model. Over HTTP, the engine
+pulls local files only from Jupyter's root folder (``pull_paths``).
+
+Installs enable it (``etc/jupyter/jupyter_server_config.d/ferrousforge.json``); editable
+installs skip that data file, so it is copied there by hand (``./dev.sh setup`` does).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import httpx
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..config import load_settings
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server"}
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "ferrousforge.notebook.jupyter_ext"}]
+
+
+class Backend:
+    """The engine's API on a private port and key, on a thread of its own (its own loop).
+    HTTP pulls of local files may reach ``root`` (Jupyter's root folder) and the folders the
+    settings already allow."""
+
+    def __init__(self, root: Path) -> None:
+        from ..api.server import ServerThread
+
+        self.key = secrets.token_urlsafe(24)
+        settings = load_settings()
+        update = {"api_keys": [self.key], "pull_paths": [root, *settings.pull_paths]}
+        self._thread = ServerThread(settings.model_copy(update=update))
+        self.url = self._thread.url
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+
+class ProxyHandler(APIHandler):
+    """``forge/<path>`` → the engine's ``/<path>``. NDJSON and SSE pass through chunk by
+    chunk, and a client that leaves closes the upstream request."""
+
+    def initialize(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @web.authenticated
+    async def get(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def post(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def delete(self, path: str) -> None:
+        await self._forward(path)
+
+    async def _forward(self, path: str) -> None:
+        headers = {"Authorization": f"Bearer {self.backend.key}"}
+        if "Content-Type" in self.request.headers:
+            headers["Content-Type"] = self.request.headers["Content-Type"]
+        query = _without_token(self.request.query)
+        target = "/" + path + (f"?{query}" if query else "")
+        try:
+            await self._relay(target, headers)
+        except httpx.TransportError as e:  # before any byte went out: a JSON 502
+            if self._headers_written:
+                raise
+            self.set_status(502)
+            self.finish({"error": f"the engine is unreachable: {e or type(e).__name__}"})
+
+    async def _relay(self, target: str, headers: dict[str, str]) -> None:
+        async with (
+            httpx.AsyncClient(base_url=self.backend.url, timeout=None) as client,
+            client.stream(
+                self.request.method or "GET",
+                target,
+                content=self.request.body or None,
+                headers=headers,
+            ) as upstream,
+        ):
+            self.set_status(upstream.status_code)
+            for name, value in upstream.headers.items():
+                if name.lower() not in _HOP_HEADERS:
+                    self.set_header(name, value)
+            try:
+                async for chunk in upstream.aiter_raw():
+                    self.write(chunk)
+                    await self.flush()
+            except StreamClosedError:
+                return  # leaving the block closes upstream: the engine stops generating
+        self.finish()
+
+
+class UiHandler(JupyterHandler):
+    """``forge/ui``: the models in the store, what is loaded, and the devices."""
+
+    def initialize(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @web.authenticated
+    async def get(self) -> None:
+        headers = {"Authorization": f"Bearer {self.backend.key}"}
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.backend.url, headers=headers, timeout=120
+            ) as c:
+                models = await _engine_json(c, "/api/forge/models")
+                loaded = {m["name"]: m for m in await _engine_json(c, "/api/forge/loaded")}
+                devices = await _engine_json(c, "/api/forge/devices")
+        except _EngineError as e:
+            self.set_status(502)
+            self.finish(_shell(f'<p id="error">{html.escape(str(e))}</p>'))
+            return
+        self.finish(_page(models, loaded, devices))
+
+
+class _EngineError(Exception):
+    """The engine answered an error, or did not answer (one line, for the page)."""
+
+
+async def _engine_json(client: httpx.AsyncClient, path: str) -> Any:
+    try:
+        r = await client.get(path)
+    except httpx.TransportError as e:
+        where = str(client.base_url).rstrip("/")
+        raise _EngineError(
+            f"the engine at {where} is unreachable: {e or type(e).__name__}"
+        ) from None
+    if r.is_error:
+        try:
+            reason = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = r.text.strip()[:200] or r.reason_phrase
+        raise _EngineError(f"the engine answered {path} with HTTP {r.status_code}: {reason}")
+    return r.json()
+
+
+def _without_token(query: str) -> str:
+    """``query`` less Jupyter's ``token`` parameter (the engine's logs never see it), every
+    other parameter as sent."""
+    return "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != "token")
+
+
+def _page(models: list[dict[str, Any]], loaded: dict[str, Any], devices: list[Any]) -> str:
+    def rows(items: list[list[str]]) -> str:
+        return "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in items
+        )
+
+    model_rows = [
+        [
+            m["name"],
+            m["format"],
+            f"{m['size'] / 1e6:.1f} MB",
+            (f"{loaded[m['name']]['backend']} on {loaded[m['name']]['device']}")
+            if m["name"] in loaded
+            else "",
+        ]
+        for m in models
+    ]
+    device_rows = [[d["id"], d["name"], ", ".join(d["backends"])] for d in devices]
+    return _shell(f"""
+<h2>Models</h2><table id="models"><tr><th>Name</th><th>Format</th><th>Size</th><th>Loaded</th></tr>
+{rows(model_rows)}</table>
+<h2>Devices</h2><table id="devices"><tr><th>Device</th><th>Name</th><th>Backends</th></tr>
+{rows(device_rows)}</table>""")
+
+
+def _shell(body: str) -> str:
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FerrousForge</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:2em}}th{{background:#f4f4f4}}
+td,th{{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}}
+#error{{color:#a00}}</style>
+</head><body><h1>FerrousForge</h1>{body}</body></html>"""
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    backend = Backend(Path(serverapp.root_dir))
+    serverapp.web_app.settings["ferrousforge_backend"] = backend
+    os.environ["FORGE_URL"] = backend.url  # inherited by every kernel started from now on
+    os.environ["FORGE_API_KEY"] = backend.key
+    base = serverapp.web_app.settings["base_url"]
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "forge/ui"), UiHandler, {"backend": backend}),
+            (url_path_join(base, "forge/(.*)"), ProxyHandler, {"backend": backend}),
+        ],
+    )
+    serverapp.log.info("FerrousForge engine at %sforge/ (kernels use it)", base)
+
+
+def _unload_jupyter_server_extension(serverapp: Any) -> None:
+    backend = serverapp.web_app.settings.pop("ferrousforge_backend", None)
+    if backend is not None:
+        backend.stop()

@@ -1,0 +1,195 @@
+"""The wire the remote engines speak, shared by the blocking and the async one: request
+bodies from the engine's keywords, Chunks and Results from NDJSON lines, and errors as the
+server's own exception classes (``errors.rebuild``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import EngineUnreachable, ForgeError, rebuild
+from .interface import KeepAlive, Messages, Options, Tools
+from .mold import Device
+from .progress import Progress, ProgressCallback
+from .schema import Chunk, Format, Message, Result, Stats, options_of
+from .store.manifest import Manifest
+
+Lines = Iterator[dict[str, Any]]
+
+
+def generate_body(
+    model: str,
+    prompt: str,
+    system: str | None,
+    raw: bool,
+    format: Format,
+    context: list[int] | None,
+    options: Options,
+    keep_alive: KeepAlive,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": prompt,
+        "system": system,
+        "raw": raw,
+        "format": format,
+        "context": context,
+        "options": _options(options),
+        "keep_alive": keep_alive,
+        "stream": True,
+    }
+
+
+def chat_body(
+    model: str,
+    messages: Messages,
+    tools: Tools,
+    format: Format,
+    options: Options,
+    keep_alive: KeepAlive,
+) -> dict[str, Any]:
+    msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+    return {
+        "model": model,
+        "messages": [m.model_dump(exclude_none=True) for m in msgs],
+        "tools": tools,
+        "format": format,
+        "options": _options(options),
+        "keep_alive": keep_alive,
+        "stream": True,
+    }
+
+
+def load_body(
+    model: str,
+    backend: str | None,
+    device: str | None,
+    gpu_layers: int | None,
+    num_ctx: int | None,
+    keep_alive: KeepAlive,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "backend": backend,
+        "device": device,
+        "gpu_layers": gpu_layers,
+        "num_ctx": num_ctx,
+        "keep_alive": keep_alive,
+    }
+
+
+def embed_body(
+    model: str, input: str | Sequence[str], truncate: bool, keep_alive: KeepAlive
+) -> dict[str, Any]:
+    texts = input if isinstance(input, str) else list(input)
+    return {"model": model, "input": texts, "truncate": truncate, "keep_alive": keep_alive}
+
+
+def _options(options: Options) -> dict[str, Any]:
+    return options_of(options).model_dump(exclude_none=True, exclude_defaults=True)
+
+
+def pull_body(spec: str, name: str | None, sha256: str | None, force: bool) -> dict[str, Any]:
+    """A local file or folder goes as its absolute path: the server shares this machine,
+    not this process's working folder."""
+    try:
+        local = Path(spec).expanduser()
+        path = str(local.resolve()) if local.exists() else None
+    except (ValueError, OSError, RuntimeError):  # no file name: the server says so
+        path = None
+    return {"model": path or spec, "name": name, "sha256": sha256, "force": force}
+
+
+def progress_of(item: dict[str, Any]) -> Progress:
+    return Progress(item.get("status", ""), item.get("total"), item.get("completed"))
+
+
+def final_manifest(item: dict[str, Any]) -> Manifest | None:
+    """The stored manifest, on a pull's last line."""
+    found = item.get("manifest") if item.get("status") == "success" else None
+    return Manifest.model_validate(found) if found is not None else None
+
+
+def pulled(lines: Lines, progress: ProgressCallback) -> Manifest:
+    for item in lines:
+        progress(progress_of(item))
+        if (m := final_manifest(item)) is not None:
+            return m
+    raise unfinished("pull")
+
+
+def chunk_of(item: dict[str, Any], key: str) -> Chunk:
+    """One line of ``/api/generate`` (``key`` "response") or ``/api/chat`` ("message")."""
+    value = item.get(key, "")
+    text = value.get("content", "") if isinstance(value, dict) else value
+    if not item.get("done"):
+        return Chunk(text)
+    calls = value.get("tool_calls") if isinstance(value, dict) else None
+    return Chunk(
+        text,
+        True,
+        item.get("done_reason"),
+        Stats(**_stats_of(item)),
+        item.get("context"),
+        calls or None,
+    )
+
+
+def chunks_of(lines: Lines, key: str) -> Generator[Chunk, None, None]:
+    for item in lines:
+        c = chunk_of(item, key)
+        yield c
+        if c.done:
+            return
+    raise unfinished("stream")
+
+
+def unfinished(what: str) -> EngineUnreachable:
+    return EngineUnreachable(f"the engine's {what} ended before its last line")
+
+
+def embedded(reply: dict[str, Any]) -> Result:
+    return Result(embeddings=reply["embeddings"], stats=Stats(**_stats_of(reply)))
+
+
+def device_of(d: dict[str, Any]) -> Device:
+    return Device(**{**d, "backends": tuple(d["backends"])})
+
+
+def _stats_of(item: dict[str, Any]) -> dict[str, int]:
+    return {f: int(item[f]) for f in Stats.__dataclass_fields__ if isinstance(item.get(f), int)}
+
+
+def check(line: str) -> dict[str, Any]:
+    """One NDJSON line, raising the error it carries (an error after the stream began)."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        raise EngineUnreachable(f"the engine sent a line that is not JSON: {line[:80]!r}") from None
+    if not isinstance(item, dict):
+        raise EngineUnreachable(f"the engine sent a line that is not an object: {line[:80]!r}")
+    if "error" in item:
+        raise _error_of(item, 0)
+    return item
+
+
+def raise_for(r: httpx.Response) -> None:
+    """Raise the error an answer carries, as the server's own class when it names one."""
+    if not r.is_error:
+        return
+    try:
+        data = r.json()
+    except ValueError:
+        data = {"error": r.text or r.reason_phrase}
+    raise _error_of(data if isinstance(data, dict) else {"error": str(data)}, r.status_code)
+
+
+def _error_of(data: dict[str, Any], status: int) -> ForgeError:
+    message = data.get("error") or ""
+    if isinstance(message, dict):  # OpenAI-shaped
+        message = message.get("message", str(message))
+    return rebuild(str(message), status, data.get("type"), data.get("fields"))
