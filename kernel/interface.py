@@ -8,7 +8,7 @@ runs one suite against all of them. A keyword an implementation cannot honour ra
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
@@ -18,7 +18,7 @@ from .schema import Chunk, Format, InferenceOptions, Message, Result
 from .store.manifest import Manifest
 
 KeepAlive = str | float | int | None
-Messages = Sequence[Message | dict[str, Any]]
+Messages = Sequence[Message | Mapping[str, Any]]
 Options = InferenceOptions | dict[str, Any] | None
 Tools = list[dict[str, Any]] | None
 ChunkStream = Generator[Chunk, None, None]  # close() it to stop the generation

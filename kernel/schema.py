@@ -7,7 +7,7 @@ plain dataclasses because one is built per generated token.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -242,7 +242,7 @@ def generate_request(
 
 
 def chat_request(
-    messages: Sequence[Message | dict[str, Any]],
+    messages: Sequence[Message | Mapping[str, Any]],
     *,
     tools: list[dict[str, Any]] | None = None,
     format: Format = None,

@@ -122,7 +122,8 @@ def test_real_backends_name_their_extra_when_missing(
 
 def test_torch_refuses_decoders_at_its_generation_seam(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from ferrousforge.backends.torch_backend import TorchBackend, is_decoder
+    from ferrousforge.backends.torch_backend import TorchBackend
+    from ferrousforge.store.formats import is_decoder
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     m = manifest("safetensors").model_copy(update={"path": str(tmp_path), "name": "dec:1"})

@@ -16,8 +16,9 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..notebook.answer import Answer, OnToken, one_line, same_model, stream_answer
 from ..errors import ForgeError
+from ..interface import EngineClient
+from ..notebook.answer import Answer, OnToken, one_line, same_model, stream_answer
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -35,7 +36,7 @@ def style(name: str) -> str:
     return base + "\n" + (_HERE / name).read_text()
 
 
-def resolve_engine(engine: Any) -> Any:
+def resolve_engine(engine: EngineClient | None) -> EngineClient:
     """``engine``, or the kernel's shared one (``ferrousforge.notebook.shared()``)."""
     if engine is not None:
         return engine

@@ -13,6 +13,7 @@ from typing import Any
 
 import traitlets as t
 
+from ..interface import EngineClient
 from ._common import (
     Answer,
     Busy,
@@ -41,7 +42,7 @@ class Chat(ForgeWidget):
         self,
         model: str,
         *,
-        engine: Any = None,
+        engine: EngineClient | None = None,
         system: str | None = None,
         options: Mapping[str, Any] | None = None,
         **kwargs: Any,

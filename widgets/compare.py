@@ -18,6 +18,7 @@ from typing import Any
 
 import traitlets as t
 
+from ..interface import EngineClient
 from ._common import (
     Answer,
     Busy,
@@ -63,7 +64,7 @@ class Compare(ForgeWidget):
         models: Sequence[str] = (),
         prompt: str | None = None,
         *,
-        engine: Any = None,
+        engine: EngineClient | None = None,
         options: Mapping[str, Any] | None = None,
         system: str | None = None,
         embed_model: str | None = None,

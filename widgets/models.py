@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import traitlets as t
 
+from ..interface import EngineClient
 from ..progress import Progress
 from ._common import (
     ForgeWidget,
@@ -42,7 +43,9 @@ class Models(ForgeWidget):
     pulls = t.Dict().tag(sync=True)  # spec -> {"status", "total", "completed"} while pulling
     busy = t.List(t.Unicode()).tag(sync=True)  # models with a load or unload in flight
 
-    def __init__(self, *, engine: Any = None, interval: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, engine: EngineClient | None = None, interval: float = 1.0, **kwargs: Any
+    ) -> None:
         self.engine = resolve_engine(engine)
         self.interval = interval
         self._closed = threading.Event()

@@ -13,7 +13,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from itertools import combinations
-from typing import Any
+
+from ..interface import EngineClient
 
 _WORD = re.compile(r"\w+")
 
@@ -37,7 +38,7 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def similarity(
-    texts: Sequence[str], *, engine: Any = None, embed_model: str | None = None
+    texts: Sequence[str], *, engine: EngineClient | None = None, embed_model: str | None = None
 ) -> float | None:
     """The mean pairwise similarity of ``texts``; None for fewer than two."""
     if len(texts) < 2:

@@ -32,7 +32,7 @@ from .. import forms
 from ..errors import ConfigError, ForgeError, InvalidModelName, ModelNotFound, NotFound
 from ..progress import Progress, ProgressCallback, ignore
 from ..schema import Body
-from ..store.formats import max_text_tokens
+from ..store.formats import is_decoder, max_text_tokens
 from ..store.manifest import Manifest
 from ..store.store import Store
 
@@ -166,7 +166,6 @@ def prepare(
     """Convert what a page needs to embed each browser model (of ``names``, else all) with
     target ``wasm`` and ``webgpu``; the new entries stay in the store. A model whose forms
     cannot be made is kept in ``failed``, and the others are still prepared."""
-    from ..backends.torch_backend import is_decoder
 
     before = {m.name for m in store.list()}
     done = Prepared()
@@ -177,8 +176,9 @@ def prepare(
         if manifest.format == "safetensors" and is_decoder(manifest.file):
             continue  # no browser runtime generates from safetensors
         for target, formats in EMBED_FORMATS.items():
+            reader = f"the browser on {target}"
             try:
-                forms.form_in(store, manifest, formats, f"the browser on {target}", None, progress)
+                form = forms.form_in(store, manifest, formats, reader, progress=progress)
             except ForgeError as e:
                 done.failed[manifest.name] = e
                 break
@@ -187,7 +187,8 @@ def prepare(
                 failure.__cause__ = e
                 done.failed[manifest.name] = failure
                 break
-    done.made = sorted(m.name for m in store.list() if m.name not in before)
+            if form is not None and form.name not in before and form.name not in done.made:
+                done.made.append(form.name)
     return done
 
 
@@ -227,8 +228,8 @@ def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter
         """Convert what the page needs for ``model`` (see ``prepare``); the new catalog."""
         models = store()
         done = await asyncio.to_thread(prepare, models, ignore, [body.model])
-        for failure in done.failed.values():
-            raise failure
+        if done.failed:
+            raise next(iter(done.failed.values()))
         answer = {"made": done.made} | catalog(browser_models(models))
         return JSONResponse(answer, headers=ISOLATION)
 

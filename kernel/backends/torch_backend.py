@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 from ..devices import cpu_device
 from ..errors import InvalidModelFile, MissingExtra, UnsupportedTask
 from ..mold import Device, LoadOptions, Mold
+from ..store.formats import is_decoder
 from ..store.manifest import Manifest
 from .encoders import Batch, EncoderMold
 
@@ -51,15 +51,6 @@ class TorchBackend:
                 "so far. Run a GGUF of it on llama_cpp"
             )
         return TorchMold(manifest, device, opts, self.estimate_memory(manifest, opts))
-
-
-def is_decoder(folder: Path) -> bool:
-    """Whether config.json names a causal LM architecture (``...ForCausalLM``)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
 class TorchMold(EncoderMold):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..config import load_settings
@@ -33,7 +32,7 @@ def serve(args: argparse.Namespace) -> int:
     for name in settings.preload:  # catalog models are pulled first, with progress
         with local_engine() as engine:
             ensure_pulled(engine, name)
-    prepare_browser(settings.home)
+    prepare_browser()
     run_server(settings)
     return 0
 
@@ -42,15 +41,14 @@ def web(args: argparse.Namespace) -> int:
     from ..api import webapp
     from ..api.logs import configure
     from ..api.server import serve as run_server
-    from ..store.store import Store
 
     if args.export:
         webapp.require_built()  # before any conversion for it
-        home = load_settings().home
-        prepare_browser(home, args.models or [])
+        prepare_browser(args.models or [])
         bars = ProgressBars()
         try:
-            models = webapp.export(Store(home), args.export, args.models or [], bars)
+            with local_engine() as engine:
+                models = webapp.export(engine.store, args.export, args.models or [], bars)
         finally:
             bars.close()
         names = ", ".join(m.name for m in models) or "no models"
@@ -61,21 +59,21 @@ def web(args: argparse.Namespace) -> int:
         err("the browser runtimes are not built yet: run `npm ci && npm run build` (./dev.sh does)")
     settings = load_settings(host=args.host, port=args.port, **_server_flags(args))
     configure(args.log_level or "INFO", settings.log_format)
-    prepare_browser(settings.home)
+    prepare_browser()
     out(f"the browser demo: http://{settings.host}:{settings.port}/web/")
     run_server(settings)
     return 0
 
 
-def prepare_browser(home: Path, names: Sequence[str] = ()) -> None:
+def prepare_browser(names: Sequence[str] = ()) -> None:
     """Make the forms the browser page needs (minilm:l6-onnx for WASM), with progress bars;
     a model that cannot get them is named on stderr, and the server starts anyway."""
     from ..api import webapp
-    from ..store.store import Store
 
     bars = ProgressBars()
     try:
-        done = webapp.prepare(Store(home), bars, names)
+        with local_engine() as engine:
+            done = webapp.prepare(engine.store, bars, names)
     finally:
         bars.close()
     for name, e in done.failed.items():

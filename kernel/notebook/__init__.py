@@ -10,26 +10,29 @@ import os
 import threading
 from typing import Any
 
+from ..interface import EngineClient
+
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # the kernel's engine: one per process, like the kernel itself
 
 
-def shared() -> Any:
+def shared() -> EngineClient:
     """The kernel's engine (``ferrousforge.Engine`` or ``ferrousforge.client.RemoteEngine``)."""
     with _lock:
-        engine = _state.get("engine")
+        engine: EngineClient | None = _state.get("engine")
         if engine is None:
             engine = _state["engine"] = _connect()
         return engine
 
 
-def use(engine: Any) -> None:
-    """Make ``engine`` the kernel's engine (tests, or a user's own configured one)."""
+def use(engine: EngineClient | None) -> None:
+    """Make ``engine`` the kernel's engine (tests, or a user's own configured one); None
+    goes back to the default."""
     with _lock:
         _state["engine"] = engine
 
 
-def _connect() -> Any:
+def _connect() -> EngineClient:
     url = os.environ.get("FORGE_URL")
     if url:
         from ..client import RemoteEngine

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ForgeError
+from ..interface import EngineClient
 from ..store.names import parse_name
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ OnToken = Callable[[Answer, str], None]
 
 
 def stream_answer(
-    engine: Any,
+    engine: EngineClient,
     model: str,
     messages: Sequence[Mapping[str, str]],
     *,
@@ -130,7 +131,7 @@ def finish(answer: Answer, chunk: Any) -> None:
     answer.load_ms = stats.load_duration / 1e6
 
 
-def place(engine: Any, answer: Answer) -> None:
+def place(engine: EngineClient, answer: Answer) -> None:
     """Where the model runs (backend, device, memory), from ``engine.ps()``."""
     try:
         rows = engine.ps()

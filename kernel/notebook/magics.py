@@ -27,6 +27,7 @@ from .. import notebook
 from ..errors import ForgeError, MissingExtra, ModelNotFound, UsageError
 from ..humanize import size as _size
 from ..humanize import table, until
+from ..interface import EngineClient
 from ..progress import Progress
 from .answer import Answer, stream_answer
 
@@ -82,7 +83,7 @@ class Names(Mapping[str, Any]):
 
 @magics_class
 class ForgeMagics(Magics):
-    def __init__(self, shell: Any, engine: Callable[[], Any] = notebook.shared) -> None:
+    def __init__(self, shell: Any, engine: Callable[[], EngineClient] = notebook.shared) -> None:
         super().__init__(shell)
         self.engine = engine
         self.default: str | None = None
@@ -129,8 +130,8 @@ class ForgeMagics(Magics):
             ]
             _table(("NAME", "BACKEND", "DEVICE", "MEMORY", "UNTIL"), loaded)
         elif command == "devices":
-            found = [(d.id, d.name, ", ".join(d.backends)) for d in engine.devices()]
-            _table(("DEVICE", "NAME", "BACKENDS"), found)
+            usable = [(d.id, d.name, ", ".join(d.backends)) for d in engine.devices()]
+            _table(("DEVICE", "NAME", "BACKENDS"), usable)
         elif command == "show":
             return engine.show(rest[0])
         elif command == "pull":

@@ -107,3 +107,12 @@ def max_text_tokens(folder: Path) -> int:
         if isinstance(value, int) and 0 < value < 1_000_000:
             return value
     return 512
+
+
+def is_decoder(folder: Path) -> bool:
+    """Whether config.json names a causal LM architecture (``...ForCausalLM``)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])

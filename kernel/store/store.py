@@ -17,46 +17,30 @@ deleted only when no manifest names it and no loaded model uses it (``in_use``).
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urldefrag, urlparse
+from pathlib import Path
 
 from .. import faults
 from ..errors import (
     ConfigError,
-    Forbidden,
-    InvalidModelFile,
-    InvalidModelName,
     ModelNotFound,
-    NameTaken,
     StorageError,
-    UnsupportedFormat,
 )
-from ..progress import Progress, ProgressCallback, ignore
+from ..progress import ProgressCallback, ignore
 from ..runstate import read_all
-from . import gguf
 from .catalog import CATALOG, CatalogEntry, lookup
 from .formats import (
-    check_sha,
-    detect_format,
-    folder_digest,
     hash_file,
-    listing,
-    metadata_for,
-    validate,
 )
-from .locks import StoreLock, pull_lock
-from .manifest import FileEntry, Manifest
-from .names import ModelName, manifest_relpath, parse_name, sanitize
+from .locks import StoreLock
+from .manifest import Manifest
+from .names import ModelName, manifest_relpath, parse_name
 from .policy import TRUSTED, PullPolicy
-from .sources import CatalogFetcher
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +98,7 @@ class Store:
         """The manifest for ``name``; a catalog family name finds its default tag too."""
         n = parse_name(name)
         for candidate in self._candidates(n):
-            manifest = self._read(candidate)
+            manifest = self.read(candidate)
             if manifest is not None:
                 return manifest
         hint = f"run: forge pull {name}" if lookup(n, self.catalog) else "see: forge list"
@@ -131,7 +115,8 @@ class Store:
     def _manifest_path(self, n: ModelName) -> Path:
         return self.home.joinpath(*manifest_relpath(n).parts)
 
-    def _read(self, n: ModelName) -> Manifest | None:
+    def read(self, n: ModelName) -> Manifest | None:
+        """The manifest stored under exactly ``n``, or None."""
         try:
             return Manifest.model_validate_json(self._manifest_path(n).read_bytes())
         except FileNotFoundError:
@@ -170,7 +155,7 @@ class Store:
         path = self._manifest_path(parse_name(manifest.name))
         with self.lock:
             try:
-                old = self._read(parse_name(manifest.name))
+                old = self.read(parse_name(manifest.name))
             except StorageError:
                 old = None
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +248,7 @@ class Store:
                     break
         return problems
 
-    # -- pulling -------------------------------------------------------------------------
+    # -- pulling (store/pull.py) ---------------------------------------------------------
 
     def pull(
         self,
@@ -275,232 +260,16 @@ class Store:
         policy: PullPolicy | None = None,
         force: bool = False,
     ) -> Manifest:
-        """Add a model from a catalog name, a local file or folder, or an http(s) URL.
+        """Add a model from a catalog name, a local file or folder, or an http(s) URL
+        (``store.pull.pull``)."""
+        from .pull import pull
 
-        Catalog names are fetched from ``sources`` in order and are idempotent; local paths
-        are registered in place; URLs resume from ``home/partial``. ``sha256`` (or a
-        ``#sha256=<hex>`` URL fragment) is checked for files and URLs. ``policy`` (default:
-        the store's) bounds the paths and hosts reached; a name derived from a file or URL
-        never replaces a model from another source unless ``force``.
-        """
-        policy = policy or self.policy
-        target = parse_name(name) if name is not None else None
-        kind = self.check_spec(spec, policy)
-        if isinstance(kind, CatalogEntry):
-            with pull_lock(self.locks, kind.name, progress):
-                manifest = self._pull_catalog(kind, target, progress, policy)
-        elif isinstance(kind, Path):
-            if not kind.exists():
-                known = ", ".join(self.catalog)
-                raise ModelNotFound(spec, f"not a file, URL or catalog model ({known})")
-            manifest = self._pull_local(kind, target, check_sha(sha256), progress, force)
-        else:
-            with pull_lock(self.locks, urldefrag(spec)[0], progress):
-                manifest = self._pull_url(spec, target, sha256, progress, policy, force)
-        progress(Progress("success"))
-        return manifest
+        return pull(
+            self, spec, name=name, sha256=sha256, progress=progress, policy=policy, force=force
+        )
 
     def check_spec(self, spec: str, policy: PullPolicy | None = None) -> CatalogEntry | Path | str:
-        """What ``spec`` names (a catalog entry, a path, or a URL), refusing at once, before
-        any download, what ``policy`` does not allow."""
-        policy = policy or self.policy
-        if spec.startswith(("http://", "https://")):
-            policy.check_url(spec)
-            return spec
-        try:
-            entry = lookup(spec, self.catalog)
-        except InvalidModelName:
-            entry = None
-        return entry if entry is not None else policy.check_path(Path(spec))
+        """What ``spec`` names, refusing at once what ``policy`` does not allow."""
+        from .pull import check_spec
 
-    def _unless_taken(self, target: ModelName, source: str, force: bool) -> None:
-        """Refuse a derived name that another source's model holds (unless ``force``)."""
-        try:
-            existing = self._read(target)
-        except StorageError:
-            return  # unreadable: replacing it loses nothing
-        if existing is not None and existing.source != source and not force:
-            raise NameTaken(
-                f"{target} already exists (from {existing.source}); pass a name, or force "
-                "to replace it"
-            )
-
-    def _pull_catalog(
-        self,
-        entry: CatalogEntry,
-        target: ModelName | None,
-        progress: ProgressCallback,
-        policy: PullPolicy,
-    ) -> Manifest:
-        target = target or parse_name(entry.name)
-        files = [FileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in entry.files]
-        digest = folder_digest(files) if entry.folder else files[0].sha256
-        blob = self.blobs / f"sha256-{digest}"
-        existing = self._read(target)
-        if (
-            existing
-            and existing.options == dict(entry.options)
-            and existing.path == str(blob)
-            and self._blob_ok(blob, entry)
-        ):
-            return existing
-        staging = None
-        if self._blob_ok(blob, entry):  # another name already has these files
-            sources = [m.source for m in self.list() if m.path == str(blob)]
-            source = sources[0] if sources else entry.sources[0].label
-        else:
-            staging = self.partial / f"sha256-{digest}"
-            source = self._fetcher().fetch(entry, staging, progress, policy)
-        if entry.format == "gguf":
-            metadata = gguf.gguf_metadata(staging or blob)
-            metadata.description = metadata.description or entry.description or None
-            metadata.license = metadata.license or entry.license
-        else:
-            metadata = entry.metadata()
-        manifest = Manifest(
-            name=str(target),
-            source=source,
-            format=entry.format,
-            path=str(blob),
-            sha256=digest,
-            size=entry.size,
-            files=files,
-            metadata=metadata,
-            options=dict(entry.options),
-        )
-        progress(Progress("writing manifest"))
-        if staging is None:
-            self.save(manifest)
-        else:
-            self.commit(staging, blob, manifest)
-        return manifest
-
-    def _fetcher(self) -> CatalogFetcher:
-        return CatalogFetcher(
-            self.sources, self.pip_args, self.hf_endpoint, self.hf_token, self.timeout, self.partial
-        )
-
-    def _blob_ok(self, blob: Path, entry: CatalogEntry) -> bool:
-        if not entry.folder:
-            return blob.is_file() and blob.stat().st_size == entry.files[0].size
-        return all(
-            (blob / f.path).is_file() and (blob / f.path).stat().st_size == f.size
-            for f in entry.files
-        )
-
-    def _pull_local(
-        self,
-        path: Path,
-        target: ModelName | None,
-        sha256: str | None,
-        progress: ProgressCallback,
-        force: bool,
-    ) -> Manifest:
-        fmt = detect_format(_regular(path))
-        header = validate(path, fmt)
-        if path.is_dir():
-            rels = listing(path)
-            for rel in rels:
-                _regular(path / rel)
-            files = [
-                FileEntry(
-                    path=rel,
-                    sha256=hash_file(path / rel, progress),
-                    size=(path / rel).stat().st_size,
-                )
-                for rel in rels
-            ]
-            digest = folder_digest(files)
-        else:
-            digest = hash_file(path, progress)
-            files = [FileEntry(path=path.name, sha256=digest, size=path.stat().st_size)]
-        if sha256 and sha256 != digest:
-            raise InvalidModelFile(f"sha256 mismatch for {path}: expected {sha256}, got {digest}")
-        source = f"file:{path}"
-        if target is None:
-            target = ModelName(sanitize(path.stem if path.is_file() else path.name))
-            self._unless_taken(target, source, force)
-        manifest = Manifest(
-            name=str(target),
-            source=source,
-            format=fmt,
-            path=str(path),
-            managed=False,
-            sha256=digest,
-            size=sum(f.size for f in files),
-            files=files,
-            metadata=metadata_for(path, fmt, header, sum(f.size for f in files)),
-        )
-        self.save(manifest)
-        return manifest
-
-    def _pull_url(
-        self,
-        spec: str,
-        target: ModelName | None,
-        sha256: str | None,
-        progress: ProgressCallback,
-        policy: PullPolicy,
-        force: bool,
-    ) -> Manifest:
-        url, fragment = urldefrag(spec)
-        if sha256 is None and fragment.startswith("sha256="):
-            sha256 = fragment.removeprefix("sha256=")
-        expected = check_sha(sha256)
-        filename = unquote(PurePosixPath(urlparse(url).path).name) or "model"
-        if target is None:
-            target = ModelName(sanitize(PurePosixPath(filename).stem or filename))
-            self._unless_taken(target, url, force)  # before any byte is fetched
-        blob = self.blobs / f"sha256-{expected}"
-        staging = None
-        if expected and blob.is_file():
-            digest = expected
-            fmt = detect_format(blob, filename)
-            header = validate(blob, fmt)
-        else:
-            staging = self.partial / hashlib.sha256(url.encode()).hexdigest()
-            from .download import download  # lazy: httpx costs import time
-
-            with policy.named(url).client(self.timeout) as client:
-                digest = download(
-                    url,
-                    staging,
-                    sha256=expected,
-                    progress=progress,
-                    client=client,
-                    status=f"pulling {filename}",
-                    max_bytes=policy.max_bytes,
-                )
-            try:
-                fmt = detect_format(staging, filename)
-                header = validate(staging, fmt)
-            except (InvalidModelFile, UnsupportedFormat) as e:
-                staging.unlink(missing_ok=True)
-                raise type(e)(str(e).replace(str(staging), url)) from e  # the path is ours
-            blob = self.blobs / f"sha256-{digest}"
-        size = (staging or blob).stat().st_size
-        manifest = Manifest(
-            name=str(target),
-            source=url,
-            format=fmt,
-            path=str(blob),
-            sha256=digest,
-            size=size,
-            files=[FileEntry(path=filename, sha256=digest, size=size)],
-            metadata=metadata_for(staging or blob, fmt, header, size),
-        )
-        progress(Progress("writing manifest"))
-        if staging is None:
-            self.save(manifest)
-        else:
-            self.commit(staging, blob, manifest)
-        return manifest
-
-
-def _regular(path: Path) -> Path:
-    """``path`` if it is a folder or a regular file: FIFOs, devices and sockets would block
-    or never end when read."""
-    mode = path.stat().st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise Forbidden(f"{path} is not a regular file or folder")
-    return path
+        return check_spec(self, spec, policy)
