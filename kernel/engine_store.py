@@ -5,7 +5,7 @@ engine's settings and its delete rule (unload, then remove) apply everywhere."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from .pulls import Pulls
 from .store.manifest import Manifest
 from .store.policy import PullPolicy
 from .store.store import Store
-from .worker import with_reports
+from .worker import bridged
 
 
 class EngineStore:
@@ -68,11 +68,15 @@ class EngineStore:
         """``pull`` as a stream: Progress items on this loop as they come, then the
         Manifest. Checks the spec first, so a refusal raises before the stream exists."""
         self.store.check_spec(spec, policy)
-        return with_reports(
-            lambda report: self.pull(
-                spec, name=name, sha256=sha256, progress=report, force=force, policy=policy
+
+        async def work(report: Callable[[Progress | Manifest], None]) -> None:
+            report(
+                await self.pull(
+                    spec, name=name, sha256=sha256, progress=report, force=force, policy=policy
+                )
             )
-        )
+
+        return bridged(work)
 
     async def rm(self, model: str) -> None:
         """Unload ``model`` (once its running requests end), then remove it from the store;

@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 _ITEM, _ERROR, _END = range(3)
 
@@ -85,34 +84,61 @@ class Worker:
         Closing the async iterator sets ``cancel``; the worker stops after the current item,
         and ``make`` may also check the event itself between expensive steps.
         """
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         cancel = threading.Event()
 
-        def job() -> None:
-            try:
-                with contextlib.closing(make(cancel)) as items:  # type: ignore[type-var]
-                    for item in items:
-                        _post(loop, inbox.put_nowait, (_ITEM, item))
-                        if cancel.is_set():
-                            break
-            except BaseException as e:
-                _post(loop, inbox.put_nowait, (_ERROR, e))
-            else:
-                _post(loop, inbox.put_nowait, (_END, None))
+        def run(report: Callable[[T], None]) -> None:
+            with contextlib.closing(make(cancel)) as items:  # type: ignore[type-var]
+                for item in items:
+                    report(item)
+                    if cancel.is_set():
+                        break
 
-        self._jobs.put(job)
+        async def work(report: Callable[[T], None]) -> None:
+            await self.call(run, report)
+
         try:
-            while True:
-                kind, value = await inbox.get()
-                if kind == _ITEM:
-                    yield value
-                elif kind == _ERROR:
-                    raise value
-                else:
-                    return
+            async for item in bridged(work):
+                yield item
         finally:
             cancel.set()
+
+
+async def bridged(
+    work: Callable[[Callable[[T], None]], Awaitable[None]],
+) -> AsyncGenerator[T, None]:
+    """Run ``work(report)`` as a task and yield here, in order, what ``report`` is given
+    from any thread, until ``work`` ends (its error is raised here). Closing the generator
+    cancels the work. This is the one road from a thread's items to the event loop.
+
+    Reports and the end are all posted through ``call_soon_threadsafe``, whatever thread
+    reports (the loop's own too), so they arrive in the order they were made and no item
+    is lost behind the end.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            await work(lambda item: _post(loop, inbox.put_nowait, (_ITEM, item)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            _post(loop, inbox.put_nowait, (_ERROR, e))
+        else:
+            _post(loop, inbox.put_nowait, (_END, None))  # queued behind every report
+
+    task = loop.create_task(run())
+    try:
+        while True:
+            kind, value = await inbox.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _ERROR:
+                raise value
+            else:
+                return
+    finally:
+        task.cancel()
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -127,38 +153,3 @@ def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) 
         fut.set_exception(error)
     else:
         fut.set_result(result)
-
-
-async def with_reports(
-    work: Callable[[Callable[[T], None]], Awaitable[R]],
-) -> AsyncGenerator[T | R, None]:
-    """Run ``work(report)`` as a task and yield here what ``report`` is given (from any
-    thread) as it comes, then ``work``'s result. Closing the generator cancels the work.
-
-    Reports are posted to the loop before ``work`` returns on its thread, and its result
-    reaches the task after them, so the result is always the last item.
-    """
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-    async def run() -> None:
-        try:
-            result = await work(lambda item: _post(loop, inbox.put_nowait, (_ITEM, item)))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            inbox.put_nowait((_ERROR, e))
-        else:
-            inbox.put_nowait((_END, result))
-
-    task = loop.create_task(run())
-    try:
-        while True:
-            kind, value = await inbox.get()
-            if kind == _ERROR:
-                raise value
-            yield value
-            if kind == _END:
-                return
-    finally:
-        task.cancel()

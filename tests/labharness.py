@@ -77,6 +77,43 @@ def forge(
             stop(proc)
 
 
+@contextlib.contextmanager
+def jupyter_server(
+    home: Path, root: Path, token: str, extension: str = "ferrousforge.jupyter_ext"
+) -> Iterator[str]:
+    """A real ``jupyter server`` on 127.0.0.1 with the ferrousforge extension (enabled by
+    ``extension``, the module name Jupyter configs hold), its engine on store ``home`` and
+    its root folder ``root``: its URL once it answers. Stopped at the end."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+    env |= {"FORGE_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
+    cmd = [
+        sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+        f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.jpserver_extensions={{'{extension}': True}}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/api/status", params={"token": token}).status_code == 200:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                said = proc.communicate()[1].decode(errors="replace")
+                raise RuntimeError("jupyter server did not start: " + said[-2000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 def write_notebook(path: Path, *cells: str) -> None:
     path.write_text(
         json.dumps(

@@ -9,16 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 import ferrousforge as ff
@@ -37,7 +32,7 @@ from ferrousforge.store.policy import PullPolicy
 from ferrousforge.sync_engine import LoopThread
 
 from .apiserver import running
-from .labharness import free_port, stop
+from .labharness import jupyter_server
 from .nullmodels import add_null_model
 from .tinymodel import write_tiny_gguf
 
@@ -106,29 +101,9 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     pytest.importorskip("jupyter_server", reason="the jupyter extra is not installed")
     home, root = tmp_path_factory.mktemp("jupyter-home"), tmp_path_factory.mktemp("root")
     stock(home, root)
-    port, token = free_port(), "conformance-token"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env |= {"FORGE_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
-    cmd = [
-        sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-        f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.jpserver_extensions={'ferrousforge.notebook.jupyter_ext': True}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/api/status", params={"token": token}).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("jupyter server did not start")
+    token = "conformance-token"
+    with jupyter_server(home, root, token, "ferrousforge.notebook.jupyter_ext") as url:
         yield f"{url}/forge", token, root
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from ferrousforge.runstate import read_all
 from ferrousforge.store.manifest import Manifest
 
 from .nullmodels import add_null_model
+from .tinymodel import write_tiny_gguf
 
 
 @pytest.fixture
@@ -105,7 +109,7 @@ async def test_memory_budget_refuses_load(tmp_path: Path) -> None:
 
 async def test_ps_unload_and_runstate(engine: ff.AsyncEngine) -> None:
     await engine.load("echo:1", keep_alive="10m")
-    [row] = (await engine.ps())
+    [row] = await engine.ps()
     assert row.name == "echo:1" and row.expires_in is not None and 590 < row.expires_in <= 600
     [published] = read_all(engine.settings.home)
     assert published["name"] == "echo:1"
@@ -167,3 +171,24 @@ def test_options_merge_ignores_explicit_nones() -> None:
     merged = base.merged(ff.InferenceOptions(temperature=None, seed=3, top_p=None))
     assert (merged.temperature, merged.top_p, merged.seed) == (0.2, 0.9, 3)
     assert base.merged(ff.InferenceOptions(temperature=0.0)).temperature == 0.0
+
+
+def test_a_script_that_never_closes_its_engine_exits_quietly(tmp_path: Path) -> None:
+    """``ff.Engine()`` without ``with``: used (a llama.cpp model loaded, a stream left
+    open) and abandoned at exit. The atexit close unloads it and says nothing."""
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    script = (
+        "import ferrousforge as ff\n"
+        f"engine = ff.Engine(ff.Settings(home={str(tmp_path / 'home')!r}))\n"
+        f"engine.pull({str(tmp_path / 'tiny.gguf')!r})\n"
+        "print(engine.generate('tiny', 'a', raw=True, options={'max_tokens': 2}).done_reason)\n"
+        "print(len(engine.embed('tiny', ['a b']).embeddings))\n"
+        "stream = engine.generate('tiny', 'a', raw=True, stream=True, "
+        "options={'max_tokens': 300})\n"
+        "next(stream)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert (r.returncode, r.stdout.split(), r.stderr) == (0, ["length", "1"], "")

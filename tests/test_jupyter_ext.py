@@ -8,10 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +18,7 @@ import httpx
 import pytest
 
 from .conftest import MakeGGUF
-from .labharness import free_port, stop
+from .labharness import free_port, jupyter_server
 from .nullmodels import add_null_model
 
 pytest.importorskip("jupyter_server", reason="the jupyter extra is not installed")
@@ -41,35 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home, root = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("root")
     add_null_model(home, "echo:1", {})
     add_null_model(home, "slow:1", {"reply": " ".join(["tick"] * 300), "token_delay": 0.02})
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env |= {"FORGE_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
-    cmd = [
-        sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-        f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={TOKEN}",
-        "--ServerApp.jpserver_extensions={'ferrousforge.jupyter_ext': True}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/status", params={"token": TOKEN}).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            proc.wait()
-            said = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError("jupyter server did not start: " + said[-2000:])
-        time.sleep(0.2)
-    try:
+    # the old module name, as installed configs hold it: the forwarder must keep working
+    with jupyter_server(home, root, TOKEN, "ferrousforge.jupyter_ext") as url:
         yield Server(url, home, root)
-    finally:
-        stop(proc)
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def auth() -> dict[str, str]:

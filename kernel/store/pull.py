@@ -145,6 +145,13 @@ def _pull_catalog(
         metadata=metadata,
         options=dict(entry.options),
     )
+    return _keep(store, staging, blob, manifest, progress)
+
+
+def _keep(
+    store: Store, staging: Path | None, blob: Path, manifest: Manifest, progress: ProgressCallback
+) -> Manifest:
+    """Save ``manifest``, moving a verified ``staging`` download to ``blob`` with it."""
     progress(Progress("writing manifest"))
     if staging is None:
         store.save(manifest)
@@ -274,12 +281,7 @@ def _pull_url(
         files=[FileEntry(path=filename, sha256=digest, size=size)],
         metadata=metadata_for(staging or blob, fmt, header, size),
     )
-    progress(Progress("writing manifest"))
-    if staging is None:
-        store.save(manifest)
-    else:
-        store.commit(staging, blob, manifest)
-    return manifest
+    return _keep(store, staging, blob, manifest, progress)
 
 
 def _regular(path: Path) -> Path:
