@@ -104,6 +104,13 @@ def test_body_limit_413(tmp_path: Path) -> None:
 
         r = httpx.post(srv.url + "/api/generate", content=chunked())
         assert r.status_code == 413 and "over 1000 bytes" in r.json()["error"]
+        assert r.json()["type"] == "PayloadTooLarge"
+        big = {"model": "echo:1", "messages": [{"role": "user", "content": "x " * 1000}]}
+        openai = httpx.post(srv.url + "/v1/chat/completions", json=big)  # OpenAI's shape
+        assert openai.status_code == 413
+        assert "is over the limit of 1000" in openai.json()["error"]["message"]
+        streamed = httpx.post(srv.url + "/v1/chat/completions", content=chunked())
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == 413
 
 
 def test_full_queue_answers_503(tmp_path: Path) -> None:

@@ -105,3 +105,16 @@ def test_a_planted_violation_is_found(tmp_path: Path) -> None:
         "backends/leaky.py imports scheduler",
         "planted.py imports api",
     ]
+
+
+def test_the_error_tree_drawing_names_every_class() -> None:
+    from ferrousforge import errors
+
+    drawn = errors.__doc__ or ""
+    classes = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.ForgeError)
+    }
+    assert {c for c in classes if f" {c} " not in drawn} == set()
+    assert len(classes) > 30

@@ -168,15 +168,25 @@ class ForgeMagics(Magics):
             engine.show(a.model)  # the store's own name resolution, as load will use it
         except ModelNotFound:
             self._pull(a.model)
-        status = display(Markdown(f"loading `{a.model}`…"), display_id=True)
         start = time.perf_counter()
-        row = engine.load(a.model, backend=a.backend, device=a.device, keep_alive=a.keep_alive)
+        bar = _Bar(f"loading {a.model}")  # a conversion for --backend shows its progress
+        try:
+            row = engine.load(
+                a.model,
+                backend=a.backend,
+                device=a.device,
+                keep_alive=a.keep_alive,
+                progress=bar,
+            )
+        except BaseException:
+            bar.done()
+            raise
         line = (
             f"{row.name}: {row.backend} on {row.device}, {_size(row.memory)}, "
             f"loaded in {time.perf_counter() - start:.2f} s"
         )
-        if status is not None:
-            status.update(Markdown(line))
+        if bar.handle is not None:
+            bar.handle.update(Markdown(line))
         else:
             sys.stdout.write(line + "\n")
 
