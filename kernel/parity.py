@@ -1,9 +1,10 @@
 """The parity matrix: one model's embeddings on every backend × device, against torch on cpu.
 
-Each backend runs the form of the model it reads (``forms.readable_form``): the model
+Each backend runs the form of the model it reads (``load(model, backend=...)``): the model
 itself, or a derived entry (``forge convert``) linked to it, converted on the spot when
 missing. ``run`` returns rows for Python and the notebook widgets; ``forge parity`` prints
-them and exits nonzero when any pair is out of tolerance.
+them and exits nonzero when any pair is out of tolerance. Any ``EngineClient`` runs it,
+in process or remote.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import ForgeError
-from .forms import readable_form
-from .sync_engine import Engine
+from .interface import EngineClient
 
 TEXTS = [
     "a cat sits",
@@ -45,7 +45,7 @@ class Row:
 
 
 def run(
-    engine: Engine,
+    engine: EngineClient,
     model: str,
     backends: list[str] | None = None,
     devices: list[str] | None = None,
@@ -68,7 +68,7 @@ def run(
 
 
 def _measure(
-    engine: Engine,
+    engine: EngineClient,
     model: str,
     backend: str,
     device: str,
@@ -79,7 +79,7 @@ def _measure(
     name = model
     try:
         # the form this backend reads (converted now when missing), outside the load timing
-        name = readable_form(engine.store, engine.backends, engine.show(model), backend).name
+        name = engine.load(model, backend=backend, device=device).name
         engine.unload(name)
         start = time.perf_counter()
         engine.load(name, backend=backend, device=device)

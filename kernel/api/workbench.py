@@ -31,7 +31,7 @@ class ModelBody(Body):
     model: str = Field(min_length=1, max_length=500)
 
 
-class PullBody(Body):
+class ForgePullBody(Body):
     """A pull with what Ollama's body cannot carry (there ``name`` means ``model``)."""
 
     model: str = Field(min_length=1, max_length=8192)
@@ -95,7 +95,7 @@ async def unload(body: ModelBody, request: Request) -> dict[str, Any]:
     operation_id="forge_pull",
     responses=docs.answers(docs.PullStatus, stream=docs.ndjson(docs.PullStatus)),
 )
-async def pull(body: PullBody, request: Request) -> Any:
+async def pull(body: ForgePullBody, request: Request) -> Any:
     """``/api/pull`` with a target ``name`` and a ``sha256`` pin; the last item carries the
     stored manifest."""
     return await pulled(
