@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import UnsupportedTask
 from .hooks import Hooks, InferenceEvent, current_client, current_request_id
-from .interface import KeepAlive, Messages
+from .interface import KeepAlive, Messages, Options
 from .limits import Limits
 from .mold import LoadOptions, Mold
 from .scheduler import Lease
@@ -136,7 +136,7 @@ class EngineInference:
         raw: bool = False,
         format: Format = None,
         context: list[int] | None = None,
-        options: InferenceOptions | dict[str, Any] | None = None,
+        options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a completion. Unless ``raw``, the model's chat template is applied;
@@ -154,7 +154,7 @@ class EngineInference:
         *,
         tools: list[dict[str, Any]] | None = None,
         format: Format = None,
-        options: InferenceOptions | dict[str, Any] | None = None,
+        options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Stream a chat reply rendered through the model's own chat template."""

@@ -19,7 +19,7 @@ from .store.manifest import Manifest
 
 KeepAlive = str | float | int | None
 Messages = Sequence[Message | Mapping[str, Any]]
-Options = InferenceOptions | dict[str, Any] | None
+Options = InferenceOptions | Mapping[str, Any] | None
 Tools = list[dict[str, Any]] | None
 ChunkStream = Generator[Chunk, None, None]  # close() it to stop the generation
 

@@ -215,10 +215,21 @@ def result_of(parts: Sequence[str], last: Chunk) -> Result:
     )
 
 
-def options_of(options: InferenceOptions | dict[str, Any] | None) -> InferenceOptions:
+def options_of(options: InferenceOptions | Mapping[str, Any] | None) -> InferenceOptions:
+    """Options from the engine's ``options=`` keyword. Unlike an HTTP body (where Ollama's
+    clients send options this engine does not have, and they are logged and ignored), a
+    name the engine does not know raises here: a typo must not pass silently."""
     if isinstance(options, InferenceOptions):
         return options
-    return InferenceOptions.model_validate(options or {})
+    unknown = sorted(
+        str(k)
+        for k in options or {}
+        if k not in InferenceOptions.model_fields and k not in _OPTION_ALIASES
+    )
+    if unknown:
+        known = sorted({*InferenceOptions.model_fields, *_OPTION_ALIASES})
+        raise TypeError(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
+    return InferenceOptions.model_validate(dict(options or {}))
 
 
 def generate_request(
@@ -228,7 +239,7 @@ def generate_request(
     raw: bool = False,
     format: Format = None,
     context: list[int] | None = None,
-    options: InferenceOptions | dict[str, Any] | None = None,
+    options: InferenceOptions | Mapping[str, Any] | None = None,
 ) -> GenerateRequest:
     """A GenerateRequest from the engine's keywords (``generate``, ``generate_stream``)."""
     return GenerateRequest(
@@ -246,7 +257,7 @@ def chat_request(
     *,
     tools: list[dict[str, Any]] | None = None,
     format: Format = None,
-    options: InferenceOptions | dict[str, Any] | None = None,
+    options: InferenceOptions | Mapping[str, Any] | None = None,
 ) -> ChatRequest:
     """A ChatRequest from the engine's keywords (``chat``, ``chat_stream``)."""
     msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]

@@ -243,6 +243,8 @@ def test_a_keyword_an_engine_cannot_honour_raises(
         # the server applies its own pull policy: a remote client cannot pass one
         with pytest.raises(TypeError, match="policy"):
             engine.pull(str(root / "tiny.gguf"), policy=PullPolicy())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown option 'temprature'"):
+        engine.generate("echo:1", "x", options={"temprature": 0})
     with pytest.raises(TypeError, match="load"):
         engine.generate("echo:1", "x", load={"backend": "null"})  # type: ignore[call-overload]
 
