@@ -12,6 +12,7 @@ from typing import Any
 from ..config import load_settings
 from ..errors import ModelNotFound
 from ..humanize import size, table
+from ..interface import EngineClient
 from ..schema import Chunk, Message
 from ..store.catalog import lookup
 from ..sync_engine import Engine
@@ -25,7 +26,7 @@ def local_engine() -> Engine:
     return Engine(load_settings())
 
 
-def loaded(engine: Engine, model: str, args: argparse.Namespace) -> str:
+def loaded(engine: EngineClient, model: str, args: argparse.Namespace) -> str:
     """Load ``model`` as the flags ask (--backend, --device, --gpu-layers, --num-ctx) and
     return the name it is served under: a backend that cannot read the model's format gets
     its converted form, made now (with progress) when missing."""
@@ -47,7 +48,7 @@ def loaded(engine: Engine, model: str, args: argparse.Namespace) -> str:
     return row.name
 
 
-def ensure_pulled(engine: Engine, model: str) -> str:
+def ensure_pulled(engine: EngineClient, model: str) -> str:
     """The stored name of ``model``, pulling it first when it is a catalog name."""
     try:
         return engine.show(model).name
