@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .progress import Progress, ProgressCallback, ignore
 from .pulls import Pulls
@@ -15,6 +15,8 @@ from .store.manifest import Manifest
 from .store.policy import PullPolicy
 from .store.store import Store
 from .worker import bridged
+
+T = TypeVar("T")
 
 
 class EngineStore:
@@ -107,3 +109,13 @@ class EngineStore:
     async def verify(self, progress: ProgressCallback = ignore) -> dict[str, str]:
         """Check every model's files against its manifest: {name: problem}."""
         return await self.pulls.run("check", self.store.check, progress)
+
+    async def store_job(
+        self,
+        what: str,
+        work: Callable[[Store, ProgressCallback], T],
+        progress: ProgressCallback = ignore,
+    ) -> T:
+        """``work(store, report)`` on a pull thread, bounded and cancellable like a pull:
+        for store work the methods above do not cover (the browser's conversions)."""
+        return await self.pulls.run(what, lambda report: work(self.store, report), progress)

@@ -86,7 +86,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(ollama.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
-    app.include_router(webapp.router(lambda: engine.store, guarded))
+    app.include_router(webapp.router(engine, guarded))
 
     @app.get("/health", tags=["ops"], responses=OPS)
     async def health() -> dict[str, str]:

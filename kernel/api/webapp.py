@@ -11,14 +11,13 @@ ask for it with ``POST /web/prepare``; a GET never converts anything.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import Field
 
 from .. import forms
+from ..engine import AsyncEngine
 from ..errors import ConfigError, ForgeError, InvalidModelName, ModelNotFound, NotFound
 from ..progress import Progress, ProgressCallback, ignore
 from ..schema import Body
@@ -142,9 +142,9 @@ def browser_model(manifest: Manifest) -> BrowserModel | None:
     )
 
 
-def browser_models(store: Store) -> list[BrowserModel]:
-    """Every store model a browser Mold can run, by name."""
-    found = (browser_model(m) for m in store.list())
+def browser_models(manifests: Iterable[Manifest]) -> list[BrowserModel]:
+    """Every model of ``manifests`` (the store's) a browser Mold can run, by name."""
+    found = (browser_model(m) for m in manifests)
     return sorted((m for m in found if m is not None), key=lambda m: m.name)
 
 
@@ -210,9 +210,9 @@ def _app_file(relative: str) -> Path | None:
     return None if _SKIP & set(target.relative_to(base).parts) else target
 
 
-def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter:
-    """The /web routes; ``store`` gives the store to list and serve models from. The app's
-    files are public; the model routes take the API's ``guarded`` dependencies (its keys)."""
+def router(engine: AsyncEngine, guarded: Sequence[Any] = ()) -> APIRouter:
+    """The /web routes, listing and serving models through ``engine``. The app's files are
+    public; the model routes take the API's ``guarded`` dependencies (its keys)."""
     web = APIRouter(prefix="/web", tags=["web"], include_in_schema=False)
 
     @web.api_route("", methods=["GET", "HEAD"])
@@ -221,26 +221,28 @@ def router(store: Callable[[], Store], guarded: Sequence[Any] = ()) -> APIRouter
 
     @web.api_route("/models.json", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def models() -> Response:
-        return JSONResponse(catalog(browser_models(store())), headers=ISOLATION)
+        return JSONResponse(catalog(browser_models(await engine.list())), headers=ISOLATION)
 
     @web.post("/prepare", dependencies=list(guarded))
     async def prepare_model(body: PrepareBody) -> Response:
         """Convert what the page needs for ``model`` (see ``prepare``); the new catalog."""
-        models = store()
-        done = await asyncio.to_thread(prepare, models, ignore, [body.model])
+        done = await engine.store_job(
+            f"preparing {body.model} for the browser",
+            lambda store, report: prepare(store, report, [body.model]),
+        )
         if done.failed:
             raise next(iter(done.failed.values()))
-        answer = {"made": done.made} | catalog(browser_models(models))
+        answer = {"made": done.made} | catalog(browser_models(await engine.list()))
         return JSONResponse(answer, headers=ISOLATION)
 
     @web.api_route("/models/{rest:path}", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def model_file(rest: str) -> Response:
         folder, _, name = rest.rpartition("/")
         family, _, tag = folder.rpartition("/")  # base is models/<name with ':' as '/'>/
-        models, model = store(), None
-        with contextlib.suppress(InvalidModelName):  # not a name: no such file either
-            if family and models.exists(f"{family}:{tag}"):
-                model = browser_model(models.get(f"{family}:{tag}"))
+        model = None
+        with contextlib.suppress(InvalidModelName, ModelNotFound):  # no such file either
+            if family:
+                model = browser_model(await engine.show(f"{family}:{tag}"))
         if model is None or model.base != f"models/{folder}/" or name not in model.sources:
             raise ModelNotFound(f"no browser model file {rest!r}: see /web/models.json")
         return _static(model.sources[name])
@@ -282,7 +284,7 @@ def export(
     previous export are hardlinked from it, not copied. Only an empty folder or a previous
     export (it holds ``.forge-export``) is replaced."""
     require_built()
-    every = {m.name: m for m in browser_models(store)}
+    every = {m.name: m for m in browser_models(store.list())}
     picked: dict[str, BrowserModel] = {}
     for name in names or list(every):
         manifest = store.get(name)
