@@ -36,6 +36,25 @@ class Worker:
         """Stop the thread once the jobs already submitted have run."""
         self._jobs.put(None)
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the worker thread, after the jobs already submitted; nobody
+        awaits it, so it must report its own outcome (a batch loop does)."""
+        self._jobs.put(fn)
+
+    def run_pending(self) -> bool:
+        """From inside a long job (a batch loop, between its steps): run the jobs queued
+        meanwhile, so a tokenize or an embed does not wait for every stream to end.
+        False once ``close()`` was asked: the long job should end."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return True
+            if job is None:
+                self._jobs.put(None)  # for the thread's own loop, once the long job returns
+                return False
+            job()
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 

@@ -7,6 +7,7 @@ wants (DESIGN.md §6).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -32,6 +33,7 @@ from ..worker import Worker
 from .templates import render_go_template
 
 if TYPE_CHECKING:
+    from .llama_batch import Batcher
     from .llama_runtime import LlamaRuntime
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class LlamaCppMold:
         self._opts = opts
         self._runtime: LlamaRuntime | None = None
         self._worker: Worker | None = None
+        self._batcher: Batcher | None = None  # with num_parallel > 1: continuous batching
         self.tasks = frozenset({"embed", "tokenize"})
 
     async def load(self) -> None:
@@ -106,9 +109,10 @@ class LlamaCppMold:
         layers = self._opts.gpu_layers if self._opts.gpu_layers is not None else -1
         if not gpu and self._opts.gpu_layers:
             log.warning("%s runs on cpu: gpu_layers=%d is ignored", self.name, layers)
-        self._worker = Worker(f"llama:{self.name}")
+        parallel = self._opts.settings.num_parallel
+        worker = self._worker = Worker(f"llama:{self.name}")
         try:
-            self._runtime = await self._worker.call(
+            rt = self._runtime = await worker.call(
                 lambda: LlamaRuntime(
                     self._path,
                     n_ctx=self.context_length,
@@ -116,13 +120,18 @@ class LlamaCppMold:
                     gpu_layers=layers if gpu else 0,
                     main_gpu=int(self.device.split(":")[1]) if gpu else -1,
                     max_grammar_bytes=self._opts.settings.max_grammar_bytes,
+                    batched=parallel > 1,
                 )
             )
+            if parallel > 1 and not rt.embed_only:
+                self._batcher = await worker.call(rt.batcher, worker, parallel)
         except BaseException:
-            self._worker.close()
+            if self._runtime is not None:
+                await worker.call(self._runtime.close)
+            self._runtime = None
+            worker.close()
             self._worker = None
             raise
-        rt = self._runtime
         self.context_length = rt.n_ctx
         self._measure(rt)
         if not rt.embed_only:
@@ -135,9 +144,11 @@ class LlamaCppMold:
             self.memory = self.metadata.size + rt.held_bytes
 
     async def unload(self) -> None:
-        rt, worker = self._runtime, self._worker
-        self._runtime = self._worker = None
+        rt, worker, batcher = self._runtime, self._worker, self._batcher
+        self._runtime = self._worker = self._batcher = None
         if rt is not None and worker is not None:
+            if batcher is not None:
+                await worker.call(batcher.close)  # its context goes before the model
             await worker.call(rt.close)
             await worker.stop()
 
@@ -172,8 +183,28 @@ class LlamaCppMold:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
             raise UnsupportedTask("infer_stream takes a generate or chat request")
+        if self._batcher is not None:
+            async for chunk in self._batched(rt, worker, self._batcher, req):
+                yield chunk
+            return
         async for chunk in worker.stream(self._generation(rt, req)):
             yield chunk
+
+    async def _batched(
+        self, rt: LlamaRuntime, worker: Worker, batcher: Batcher, req: GenerateRequest | ChatRequest
+    ) -> AsyncIterator[Chunk]:
+        prefix = req.context or () if isinstance(req, GenerateRequest) else ()
+        n_ctx = req.options.num_ctx
+
+        def prepare() -> tuple[list[int], str | None]:
+            return rt.prompt_tokens(self._prompt(rt, req), prefix, n_ctx), rt.grammar_text(
+                req.format
+            )
+
+        tokens, grammar = await worker.call(prepare)
+        async with contextlib.aclosing(batcher.stream(tokens, req.options, grammar, n_ctx)) as s:
+            async for chunk in s:
+                yield chunk
 
     async def infer(self, req: Request) -> Result:
         rt, worker = self._live()
@@ -181,7 +212,10 @@ class LlamaCppMold:
             vectors, count = await worker.call(rt.embed, req.input, req.truncate, req.max_tokens)
             self._measure(rt)  # the first embed made a second context: it counts from now
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
-        chunks = await worker.collect(self._generation(rt, req))  # no per-token hand-offs
+        if self._batcher is not None:
+            chunks = [c async for c in self.infer_stream(req) if c.text or c.done]
+        else:
+            chunks = await worker.collect(self._generation(rt, req))  # no per-token hand-offs
         last = chunks[-1]
         text = "".join(c.text for c in chunks)
         return Result(

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
@@ -31,6 +31,10 @@ from ..errors import (
 from ..limits import check_embed_tokens, check_grammar_size
 from ..schema import Chunk, Format, InferenceOptions, Message, Stats
 from .stops import StopMatcher
+
+if TYPE_CHECKING:
+    from ..worker import Worker
+    from .llama_batch import Batcher
 
 log = logging.getLogger("ferrousforge.llama_cpp")
 
@@ -100,6 +104,7 @@ class LlamaRuntime:
         gpu_layers: int,
         main_gpu: int = 0,
         max_grammar_bytes: int | None = None,
+        batched: bool = False,
     ) -> None:
         self._kw: dict[str, Any] = dict(
             model_path=path,
@@ -114,13 +119,14 @@ class LlamaRuntime:
         )
         try:
             with _buffers() as sizes:
-                self.llm = llama_cpp.Llama(n_ctx=n_ctx, **self._kw)
+                # batched: a Batcher's context generates; this one only needs the model
+                self.llm = llama_cpp.Llama(n_ctx=min(n_ctx, 256) if batched else n_ctx, **self._kw)
         except (ValueError, RuntimeError, OSError) as e:
             raise InvalidModelFile(f"llama.cpp cannot load {path}: {e}") from e
         self._held = [sum(sizes)]  # bytes each context allocated beyond the mapped file
         self._embedder: llama_cpp.Llama | None = None
         self.max_grammar_bytes = max_grammar_bytes
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = n_ctx if batched else self.llm.n_ctx()
         self._vocab = self.llm._model.vocab
         self._pieces: dict[int, bytes] = {}
         meta = self.llm.metadata
@@ -189,12 +195,12 @@ class LlamaRuntime:
             raise ContextOverflow(len(tokens), limit)
         return tokens
 
-    def grammar(self, fmt: Format) -> Any:
-        """A llama.cpp grammar that forces JSON, or JSON matching a schema; a 400 for one
-        too large or one llama.cpp refuses (its NULL sampler would crash the process)."""
+    def grammar_text(self, fmt: Format) -> str | None:
+        """The GBNF that forces JSON, or JSON matching a schema; a 400 for one too large or
+        one llama.cpp refuses (its NULL sampler would crash the process)."""
         if fmt is None:
             return None
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
 
         try:
             text = JSON_GBNF if fmt == "json" else json_schema_to_gbnf(json.dumps(fmt))
@@ -205,7 +211,25 @@ class LlamaRuntime:
         if not sampler:
             raise InvalidFormat("cannot use this format: llama.cpp refuses its grammar")
         llama_cpp.llama_sampler_free(sampler)
-        return LlamaGrammar.from_string(text, verbose=False)
+        return str(text)
+
+    def grammar(self, fmt: Format) -> Any:
+        """``grammar_text`` as the high-level API's grammar object."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        text = self.grammar_text(fmt)
+        return None if text is None else LlamaGrammar.from_string(text, verbose=False)
+
+    def batcher(self, worker: Worker, n_seq: int) -> Batcher:
+        """A context for ``n_seq`` sequences at once over the whole ``n_ctx`` (on the worker
+        thread, which its loop will use)."""
+        from .llama_batch import Batcher
+
+        with _buffers() as sizes:
+            made = Batcher(self.llm, self._piece, worker, n_seq, self.n_ctx)
+        self._held.append(sum(sizes))
+        self.n_ctx = made.n_ctx
+        return made
 
     def generate(
         self,

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _key_flags(p)
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="requests each model serves at once (default 1); llama.cpp models batch them: "
+        "one decode step carries a token of every running sequence",
+    )
+    p.add_argument(
         "--pull-path",
         action="append",
         dest="pull_paths",

@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
         preload=args.preload,
         log_format=args.log_format,
         pull_paths=args.pull_paths,
+        num_parallel=args.parallel,
         **_server_flags(args),
     )
     configure(args.log_level or "INFO", settings.log_format)

@@ -1,0 +1,339 @@
+"""Continuous batching for llama.cpp: many sequences in one context, one decode per step.
+
+A ``Batcher`` owns a llama.cpp context made for ``n_seq`` sequences over one unified KV
+cache (a sequence alone may use the whole context, unlike llama-server's slots). Its loop
+runs on the Mold's Worker thread, as one job that lasts while sequences run. Each step puts
+the next token of every running sequence and a bounded chunk of each new prompt into one
+``llama_batch``, decodes once, and samples each sequence that got logits with its own
+sampler chain (penalties, grammar, then sampling with its own seed: the high-level API's
+order). Sequences join and leave between steps; a cancelled one leaves within one token.
+
+When the KV cache is full, the youngest sequence is preempted: its cells are freed and it
+waits, prompt and answer so far, to be evaluated again when there is room. Its sampler
+chain is kept, so its answer goes on as if nothing happened; nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp import _internals
+
+from ..errors import ContextOverflow, InferenceError, InvalidFormat
+from ..schema import Chunk, InferenceOptions, Stats
+from ..worker import Worker, _post, _settle, bridged
+from .llama_runtime import DEFAULTS, RANDOM_SEED
+from .stops import StopMatcher
+
+PENALTY_LAST_N = 64  # what the high-level API's last_n_tokens_size defaults to
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One request's sequence: its tokens, sampler chain and what it has said so far."""
+
+    tokens: list[int]  # what must be in its KV cells: the prompt, then (after a preemption)
+    budget: int  # tokens it may still generate
+    chain: Any  # its llama_sampler chain
+    emit: Callable[[Chunk], None]
+    finished: Callable[[BaseException | None], None]
+    cancel: threading.Event
+    stop: list[str]
+    prompt_count: int = 0
+    id: int = -1  # its seq_id while admitted
+    fed: int = 0  # tokens already in its KV cells
+    next: int | None = None  # the sampled token to evaluate next step
+    answer: list[int] = field(default_factory=list)
+    start: int = field(default_factory=time.perf_counter_ns)
+    first: int = 0
+    matcher: StopMatcher = field(init=False)
+    decoder: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matcher = StopMatcher(self.stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.prompt_count = len(self.tokens)
+
+
+class Batcher:
+    """The sequences of one loaded model; ``stream`` is its async face."""
+
+    def __init__(
+        self,
+        llm: llama_cpp.Llama,
+        piece: Callable[[int], bytes],
+        worker: Worker,
+        n_seq: int,
+        n_ctx: int,
+        chunk: int = 128,
+    ) -> None:
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, n_seq, True
+        params.n_batch = params.n_ubatch = max(chunk, 512)
+        self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx.ctx)
+        self.n_batch = int(params.n_batch)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, n_seq)
+        self._piece = piece
+        self._worker, self.chunk, self.n_seq = worker, chunk, n_seq
+        self._free = list(range(n_seq))
+        self._waiting: deque[_Seq] = deque()  # new and preempted sequences, oldest first
+        self._running: list[_Seq] = []
+        self._lock = threading.Lock()  # guards _waiting and _active across threads
+        self._active = self._closed = False
+        # what ran: steps, and sequences carried (tests and /metrics read them)
+        self.steps = self.carried = self.preempted = self.busy_steps = self.busy_carried = 0
+        self.widths: Counter[int] = Counter()  # steps by the sequences they carried
+
+    # -- the async face ----------------------------------------------------------------
+
+    async def stream(
+        self,
+        tokens: list[int],
+        options: InferenceOptions,
+        grammar: str | None,
+        n_ctx: int | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Generate after ``tokens``; chunks as they come, the last with stats and context.
+        Closing the iterator cancels the sequence before its next token."""
+        limit = min(self.n_ctx, n_ctx or self.n_ctx)
+        if len(tokens) >= limit:
+            raise ContextOverflow(len(tokens), limit)
+        o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
+        budget = limit - len(tokens)
+        if (most := o.get("max_tokens")) is not None and most >= 0:
+            budget = min(budget, most)
+        chain = self._chain(o, options.seed, grammar)
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+
+        async def work(report: Callable[[Chunk], None]) -> None:
+            done: asyncio.Future[None] = loop.create_future()
+            seq = _Seq(
+                tokens=list(tokens),
+                budget=budget,
+                chain=chain,
+                emit=report,
+                finished=lambda e: _post(loop, _settle, done, None, e),
+                cancel=cancel,
+                stop=list(options.stop),
+            )
+            self._submit(seq)
+            await done
+
+        try:
+            yield Chunk(stats=Stats(prompt_eval_count=len(tokens)))
+            async for chunk in bridged(work):
+                yield chunk
+        finally:
+            cancel.set()
+
+    def _chain(self, o: dict[str, Any], seed: int | None, grammar: str | None) -> Any:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        parts = [
+            llama_cpp.llama_sampler_init_penalties(
+                self._n_vocab, PENALTY_LAST_N, float(o["repetition_penalty"]), 0.0, 0.0
+            )
+        ]
+        if grammar is not None:
+            g = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            if not g:  # a NULL sampler in a chain would crash the process
+                for p in parts:
+                    llama_cpp.llama_sampler_free(p)
+                llama_cpp.llama_sampler_free(chain)
+                raise InvalidFormat("cannot use this format: llama.cpp refuses its grammar")
+            parts.append(g)
+        temp = float(o["temperature"])
+        if temp == 0:
+            parts.append(llama_cpp.llama_sampler_init_greedy())
+        else:
+            parts += [
+                llama_cpp.llama_sampler_init_top_k(int(o["top_k"])),
+                llama_cpp.llama_sampler_init_typical(1.0, 1),
+                llama_cpp.llama_sampler_init_top_p(float(o["top_p"]), 1),
+                llama_cpp.llama_sampler_init_min_p(0.0, 1),
+                llama_cpp.llama_sampler_init_temp(temp),
+                llama_cpp.llama_sampler_init_dist(
+                    RANDOM_SEED if seed is None else seed & 0xFFFFFFFF
+                ),
+            ]
+        for p in parts:
+            llama_cpp.llama_sampler_chain_add(chain, p)  # the chain owns them now
+        return chain
+
+    def _submit(self, seq: _Seq) -> None:
+        with self._lock:
+            self._waiting.append(seq)
+            start, self._active = not self._active, True
+        if start:
+            self._worker.post(self._run)
+
+    # -- the loop, on the worker thread ------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._admit()
+                if not self._running:
+                    with self._lock:
+                        if not self._waiting:
+                            self._active = False
+                            return
+                    continue
+                self._step()
+                ok = self._worker.run_pending()  # tokenize, embed... between steps
+                if self._closed or not ok:  # unloaded meanwhile: the context is gone
+                    self._fail_all(InferenceError("the model was unloaded"))
+                    return
+        except BaseException as e:  # never leave a waiting request hanging
+            self._fail_all(e)
+            with self._lock:
+                self._active = False
+
+    def _admit(self) -> None:
+        """Move waiting sequences in while there are seq ids and room for their tokens."""
+        with self._lock:
+            while self._waiting and self._free:
+                seq = self._waiting[0]
+                used = sum(len(s.tokens) + 1 for s in self._running)
+                if self._running and used + len(seq.tokens) + 1 > self.n_ctx:
+                    break  # it waits for room; alone, any prompt that fits may start
+                self._waiting.popleft()
+                seq.id, seq.fed = self._free.pop(0), 0
+                self._running.append(seq)
+
+    def _step(self) -> None:
+        for seq in [s for s in self._running if s.cancel.is_set()]:
+            self._finish(seq, "cancel")
+        # The plan first: a failed decode leaves the KV cache as it was, so nothing moves
+        # until it succeeds. (seq, tokens fed this step, whether its last one is sampled)
+        plan: list[tuple[_Seq, int, bool]] = []
+        self._batch.n_tokens = 0
+        room = self.n_batch - len(self._running)
+        for seq in self._running:
+            if seq.fed < len(seq.tokens):  # a prompt: a bounded chunk per step
+                n = min(len(seq.tokens) - seq.fed, self.chunk, max(room, 1))
+                room -= n
+                end = seq.fed + n
+                wants = end == len(seq.tokens) and seq.next is None  # resumed: next is known
+                for k in range(seq.fed, end):
+                    self._add(seq.tokens[k], k, seq.id, wants and k == end - 1)
+                plan.append((seq, n, wants))
+            elif seq.next is not None:
+                self._add(seq.next, seq.fed, seq.id, True)
+                plan.append((seq, 1, True))
+        if not plan:
+            return
+        rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
+        if rc == 1:  # no room in the KV cache for this batch: preempt one, retry next step
+            self._preempt()
+            return
+        if rc != 0:
+            raise InferenceError(f"llama_decode failed ({rc})")
+        self.steps += 1
+        self.carried += len(plan)
+        self.widths[len(plan)] += 1
+        if len(self._running) + len(self._waiting) >= 4:  # demand for 4 or more
+            self.busy_steps += 1
+            self.busy_carried += len(plan)
+        index = 0
+        for seq, n, wants in plan:
+            index += n
+            if seq.fed == len(seq.tokens) and seq.next is not None:  # a decode step
+                seq.tokens.append(seq.next)
+                seq.next = None
+            seq.fed += n
+            if wants:
+                self._sampled(
+                    seq, llama_cpp.llama_sampler_sample(seq.chain, self._ctx.ctx, index - 1)
+                )
+
+    def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        b, i = self._batch, self._batch.n_tokens
+        b.token[i], b.pos[i], b.n_seq_id[i] = token, pos, 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+
+    def _sampled(self, seq: _Seq, token: int) -> None:
+        now = time.perf_counter_ns()
+        seq.first = seq.first or now
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop")
+            return
+        seq.answer.append(token)
+        seq.budget -= 1
+        if text := seq.matcher.feed(seq.decoder.decode(self._piece(token))):
+            seq.emit(Chunk(text))
+        if seq.matcher.stopped:
+            self._finish(seq, "stop")
+        elif seq.budget <= 0:
+            self._finish(seq, "length")
+        elif seq.cancel.is_set():
+            self._finish(seq, "cancel")
+        else:
+            seq.next = token
+
+    def _finish(self, seq: _Seq, reason: str) -> None:
+        self._release(seq)
+        if tail := seq.matcher.feed(seq.decoder.decode(b"", final=True)) + seq.matcher.flush():
+            seq.emit(Chunk(tail))
+        end = time.perf_counter_ns()
+        first = seq.first or end
+        stats = Stats(seq.prompt_count, first - seq.start, len(seq.answer), end - first)
+        context = seq.tokens[: seq.prompt_count] + seq.answer
+        seq.emit(Chunk(done=True, done_reason=reason, stats=stats, context=context))  # type: ignore[arg-type]
+        llama_cpp.llama_sampler_free(seq.chain)
+        seq.finished(None)
+
+    def _release(self, seq: _Seq) -> None:
+        llama_cpp.llama_memory_seq_rm(self._mem, seq.id, -1, -1)
+        self._running.remove(seq)
+        self._free.append(seq.id)
+        seq.id = -1
+
+    def _preempt(self) -> None:
+        """Free the youngest sequence's cells; it waits at the head of the queue, and when
+        resumed its tokens so far are evaluated again (its sampled ``next`` is kept)."""
+        if len(self._running) == 1:
+            raise InferenceError("the KV cache cannot hold one sequence of this context")
+        seq = self._running[-1]
+        self._release(seq)
+        seq.fed = 0
+        self.preempted += 1
+        with self._lock:
+            self._waiting.appendleft(seq)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            pending = [*self._running, *self._waiting]
+            self._running, self._waiting = [], deque()
+            self._active = False
+        for seq in pending:
+            with contextlib.suppress(Exception):
+                llama_cpp.llama_sampler_free(seq.chain)
+            seq.finished(error)
+        with contextlib.suppress(Exception):
+            llama_cpp.llama_memory_clear(self._mem, False)
+        self._free = list(range(self.n_seq))
+
+    def close(self) -> None:
+        """Free the context, on the worker thread; a sequence still running fails."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(InferenceError("the model was unloaded"))
+        llama_cpp.llama_batch_free(self._batch)
+        self._ctx.close()  # type: ignore[no-untyped-call]

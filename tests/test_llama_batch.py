@@ -1,0 +1,137 @@
+"""Continuous batching in the llama.cpp backend (``num_parallel`` > 1), on the tiny GGUF:
+many sequences per decode step, each with its own options; joins, leaves, cancellation and
+preemption between steps; nothing truncated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ferrousforge as ff
+from ferrousforge.backends.llama_batch import Batcher
+
+from .tinymodel import write_tiny_gguf
+
+pytest.importorskip("llama_cpp", reason="the llama extra is not installed")
+
+PROMPTS = ["the cat", "a word of", "one and two", "when she"]
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[ff.AsyncEngine]:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    e = ff.AsyncEngine(ff.Settings(home=tmp_path / "home", num_parallel=4, threads=1))
+    await e.pull(str(gguf), name="tiny")
+    yield e
+    await e.close()
+
+
+def batcher(engine: ff.AsyncEngine) -> Batcher:
+    found = engine.scheduler.runners["tiny:latest"].mold._batcher  # type: ignore[attr-defined]
+    assert isinstance(found, Batcher)
+    return found
+
+
+async def run_all(engine: ff.AsyncEngine, requests: list[dict[str, Any]]) -> list[ff.Result]:
+    return list(
+        await asyncio.gather(
+            *(engine.generate("tiny", r["prompt"], raw=True, **r["kw"]) for r in requests)
+        )
+    )
+
+
+async def test_concurrent_requests_with_their_own_options_all_finish_right(
+    engine: ff.AsyncEngine,
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    requests = [
+        {"prompt": "the cat", "kw": {"options": {"temperature": 0, "max_tokens": 12}}},
+        {"prompt": "a word", "kw": {"options": {"temperature": 0.9, "seed": 7, "max_tokens": 20}}},
+        {"prompt": "one", "kw": {"options": {"temperature": 0, "max_tokens": 30, "stop": ["e"]}}},
+        {"prompt": "{", "kw": {"format": schema, "options": {"temperature": 0, "max_tokens": 40}}},
+        {"prompt": "when", "kw": {"options": {"temperature": 0.7, "seed": 3, "max_tokens": 8}}},
+        {"prompt": "he was", "kw": {"options": {"temperature": 0, "max_tokens": 16}}},
+    ]
+    first = await run_all(engine, requests)
+    assert [r.stats.eval_count for r in first][:2] == [12, 20]
+    assert first[0].done_reason == first[1].done_reason == "length"
+    assert "e" not in first[2].text and first[2].done_reason == "stop"
+    assert isinstance(json.loads(first[3].text)["a"], int)
+    assert first[4].stats.eval_count == 8 and first[5].stats.eval_count == 16
+    b = batcher(engine)  # the decode steps really carried several sequences:
+    assert max(b.widths) == 4  # all four slots at once
+    assert b.busy_carried / b.busy_steps >= 2  # while 4 or more requests ran
+    again = await run_all(engine, requests)  # the same schedule, the same answers
+    assert [r.text for r in again] == [r.text for r in first]
+
+
+async def test_a_greedy_answer_alone_equals_the_batched_one(engine: ff.AsyncEngine) -> None:
+    greedy = {"options": {"temperature": 0, "max_tokens": 24}}
+    alone = [
+        (await engine.generate("tiny", p, raw=True, **greedy)).text for p in PROMPTS
+    ]  # fmt: skip
+    together = await run_all(engine, [{"prompt": p, "kw": greedy} for p in PROMPTS])
+    assert [r.text for r in together] == alone
+
+
+async def test_a_client_that_leaves_frees_its_sequence_while_others_stream(
+    engine: ff.AsyncEngine,
+) -> None:
+    long = {"temperature": 0, "max_tokens": 300}
+    others = asyncio.gather(
+        *(engine.generate("tiny", p, raw=True, options=long) for p in PROMPTS[:2])
+    )
+    stream = engine.generate_stream("tiny", "the cat", raw=True, options=long)
+    async for chunk in stream:
+        if chunk.text:
+            break
+    await stream.aclose()
+    b = batcher(engine)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(b._running) == 2:
+            break
+    assert len(b._running) == 2  # it left; the other two go on
+    done = await others
+    assert [r.stats.eval_count for r in done] == [300, 300]
+
+
+async def test_a_full_cache_preempts_and_truncates_nobody(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=256)
+    settings = ff.Settings(home=tmp_path / "home", num_parallel=4, num_ctx=256, threads=1)
+    e = ff.AsyncEngine(settings)
+    await e.pull(str(gguf), name="tiny")
+    try:
+        # four answers of 120 tokens cannot all be in 256 cells at once
+        unlimited = {"temperature": 0, "max_tokens": 120}
+        results = await asyncio.gather(
+            *(e.generate("tiny", p, raw=True, options=unlimited) for p in PROMPTS)
+        )
+        assert [r.stats.eval_count for r in results] == [120] * 4
+        assert all(r.done_reason == "length" for r in results)
+        assert batcher(e).preempted > 0
+        alone = await e.generate("tiny", PROMPTS[0], raw=True, options=unlimited)
+        assert alone.text == results[0].text  # a preempted answer goes on where it was
+        unit = len(await e.tokenize("tiny", "the cat "))
+        long = "the cat " * (240 // unit)  # about 240 of the 256 cells
+        whole = await e.generate("tiny", long, raw=True, options={"max_tokens": 8})
+        assert whole.stats.prompt_eval_count > 200 and whole.stats.eval_count == 8
+    finally:
+        await e.close()
+
+
+async def test_tokens_are_answered_while_streams_run(engine: ff.AsyncEngine) -> None:
+    long = {"temperature": 0, "max_tokens": 200}
+    running = asyncio.gather(  # three: the fourth slot is the tokenize's
+        *(engine.generate("tiny", p, raw=True, options=long) for p in PROMPTS[:3])
+    )
+    await asyncio.sleep(0.05)
+    ids = await asyncio.wait_for(engine.tokenize("tiny", "the cat"), 5)
+    assert await engine.detokenize("tiny", ids) == "the cat"
+    assert not running.done()  # answered between decode steps, not after them all
+    await running
