@@ -155,6 +155,7 @@ class Stats:
     eval_duration: int = 0
     load_duration: int = 0
     total_duration: int = 0
+    prompt_cached: int = 0  # prompt tokens a cached prefix held: not in prompt_eval_count
 
     @property
     def tokens_per_second(self) -> float:

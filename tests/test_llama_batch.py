@@ -63,11 +63,16 @@ async def test_concurrent_requests_with_their_own_options_all_finish_right(
     assert "e" not in first[2].text and first[2].done_reason == "stop"
     assert isinstance(json.loads(first[3].text)["a"], int)
     assert first[4].stats.eval_count == 8 and first[5].stats.eval_count == 16
-    b = batcher(engine)  # the decode steps really carried several sequences:
-    assert max(b.widths) == 4  # all four slots at once
-    assert b.busy_carried / b.busy_steps >= 2  # while 4 or more requests ran
     again = await run_all(engine, requests)  # the same schedule, the same answers
     assert [r.text for r in again] == [r.text for r in first]
+
+
+async def test_decode_steps_carry_several_sequences(engine: ff.AsyncEngine) -> None:
+    greedy = {"options": {"temperature": 0, "max_tokens": 32}}
+    await run_all(engine, [{"prompt": p, "kw": greedy} for p in PROMPTS])
+    b = batcher(engine)
+    assert b.busy_steps and b.busy_carried / b.busy_steps >= 2  # while 4 requests ran
+    assert b.widths[4] >= 16  # all four slots, step after step
 
 
 async def test_a_greedy_answer_alone_equals_the_batched_one(engine: ff.AsyncEngine) -> None:
@@ -135,3 +140,35 @@ async def test_tokens_are_answered_while_streams_run(engine: ff.AsyncEngine) -> 
     assert await engine.detokenize("tiny", ids) == "the cat"
     assert not running.done()  # answered between decode steps, not after them all
     await running
+
+
+async def test_a_chats_next_turn_evaluates_only_its_new_tokens(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    greedy = {"temperature": 0, "max_tokens": 16}
+    first = [{"role": "user", "content": "the cat"}]
+
+    async def turns(e: ff.AsyncEngine, cached: bool) -> tuple[ff.Result, ff.Result]:
+        reply = await e.chat("tiny", first, options=greedy)  # its tokens stay in the cache
+        if not cached:
+            await e.unload("tiny")  # nothing cached for the next turn
+        second = [*first, {"role": "assistant", "content": reply.text}]
+        follow = [*second, {"role": "user", "content": "and a"}]
+        return reply, await e.chat("tiny", follow, options=greedy)
+
+    answers = []
+    for cached in (True, False):
+        e = ff.AsyncEngine(ff.Settings(home=tmp_path / f"home{cached}", num_parallel=4, threads=1))
+        await e.pull(str(gguf), name="tiny")
+        try:
+            answers.append(await turns(e, cached))
+        finally:
+            await e.close()
+    (reply, warm), (_, cold) = answers
+    first_turn = reply.stats.prompt_eval_count
+    assert reply.stats.prompt_cached == 0 and cold.stats.prompt_cached == 0
+    total = cold.stats.prompt_eval_count
+    assert warm.stats.prompt_eval_count + warm.stats.prompt_cached == total
+    # the first turn's prompt was not evaluated again (the tiny model's answer tokens are not
+    # what its text tokenizes back to, so the cached prefix ends where the answer starts)
+    assert warm.stats.prompt_cached >= first_turn
+    assert warm.text == cold.text

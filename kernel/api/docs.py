@@ -53,6 +53,7 @@ class _Timed(BaseModel):
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_cached: int | None = None  # prompt tokens a cached prefix held (batched models)
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
@@ -161,10 +162,15 @@ class Ready(BaseModel):
     loaded: list[str]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None  # when a cached prefix served
 
 
 class ChatChoiceMessage(BaseModel):

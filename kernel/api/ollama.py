@@ -113,6 +113,7 @@ def _stats(s: Stats | None) -> dict[str, int]:
         "prompt_eval_duration": s.prompt_eval_duration,
         "eval_count": s.eval_count,
         "eval_duration": s.eval_duration,
+        **({"prompt_cached": s.prompt_cached} if s.prompt_cached else {}),  # not Ollama's
     }
 
 

@@ -23,6 +23,7 @@ from ..schema import (
     GenerateRequest,
     InferenceOptions,
     Message,
+    Stats,
 )
 from . import docs
 from .common import engine_of, primed, within
@@ -103,10 +104,13 @@ class EmbeddingsBody(Body):
     encoding_format: Literal["float", "base64"] = "float"
 
 
-def _usage(c: Chunk) -> dict[str, int]:
-    s = c.stats
-    p, e = (s.prompt_eval_count, s.eval_count) if s else (0, 0)
-    return {"prompt_tokens": p, "completion_tokens": e, "total_tokens": p + e}
+def _usage(c: Chunk) -> dict[str, Any]:
+    s = c.stats or Stats()
+    p, e = s.prompt_eval_count + s.prompt_cached, s.eval_count  # OpenAI counts cached ones
+    usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": e, "total_tokens": p + e}
+    if s.prompt_cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": s.prompt_cached}
+    return usage
 
 
 async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: Any) -> Any:

@@ -20,7 +20,7 @@ import codecs
 import contextlib
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +49,7 @@ class _Seq:
     cancel: threading.Event
     stop: list[str]
     prompt_count: int = 0
+    cached: int = 0  # prompt tokens found in the KV cache, not evaluated again
     id: int = -1  # its seq_id while admitted
     fed: int = 0  # tokens already in its KV cells
     next: int | None = None  # the sampled token to evaluate next step
@@ -91,6 +92,8 @@ class Batcher:
         self._free = list(range(n_seq))
         self._waiting: deque[_Seq] = deque()  # new and preempted sequences, oldest first
         self._running: list[_Seq] = []
+        # seq ids whose KV cells hold a finished request's tokens, least recent first
+        self._cached: OrderedDict[int, list[int]] = OrderedDict()
         self._lock = threading.Lock()  # guards _waiting and _active across threads
         self._active = self._closed = False
         # what ran: steps, and sequences carried (tests and /metrics read them)
@@ -194,8 +197,10 @@ class Batcher:
                     continue
                 self._step()
                 ok = self._worker.run_pending()  # tokenize, embed... between steps
-                if self._closed or not ok:  # unloaded meanwhile: the context is gone
-                    self._fail_all(InferenceError("the model was unloaded"))
+                if self._closed:  # unloaded meanwhile: close() failed what ran, and the
+                    return  # context (and maybe the model) is gone: touch nothing
+                if not ok:
+                    self._fail_all(InferenceError("the engine is closing"))
                     return
         except BaseException as e:  # never leave a waiting request hanging
             self._fail_all(e)
@@ -203,16 +208,38 @@ class Batcher:
                 self._active = False
 
     def _admit(self) -> None:
-        """Move waiting sequences in while there are seq ids and room for their tokens."""
+        """Move waiting sequences in while there are seq ids and room for their tokens.
+        A sequence takes over the cached one sharing its longest prefix, so only its new
+        tokens are evaluated (a chat's next turn)."""
         with self._lock:
-            while self._waiting and self._free:
+            while self._waiting and (self._free or self._cached):
                 seq = self._waiting[0]
                 used = sum(len(s.tokens) + 1 for s in self._running)
                 if self._running and used + len(seq.tokens) + 1 > self.n_ctx:
                     break  # it waits for room; alone, any prompt that fits may start
                 self._waiting.popleft()
-                seq.id, seq.fed = self._free.pop(0), 0
                 self._running.append(seq)
+                seq.id, seq.fed = self._reuse(seq.tokens)
+                if seq.next is None:  # a new prompt, not a preempted one resuming
+                    seq.cached = seq.fed
+
+    def _reuse(self, tokens: list[int]) -> tuple[int, int]:
+        """A seq id for ``tokens`` and how many of them its KV cells already hold."""
+        best, common = -1, 0
+        for sid, held in self._cached.items():
+            n = _common(held, tokens)
+            if n > common:
+                best, common = sid, n
+        if best >= 0:
+            del self._cached[best]
+            common = min(common, len(tokens) - 1)  # the last token is evaluated for logits
+            llama_cpp.llama_memory_seq_rm(self._mem, best, common, -1)
+            return best, common
+        if not self._free:  # every id is a cached prompt: the least recent goes
+            sid, _ = self._cached.popitem(last=False)
+            llama_cpp.llama_memory_seq_rm(self._mem, sid, -1, -1)
+            self._free.append(sid)
+        return self._free.pop(0), 0
 
     def _step(self) -> None:
         for seq in [s for s in self._running if s.cancel.is_set()]:
@@ -237,8 +264,9 @@ class Batcher:
         if not plan:
             return
         rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
-        if rc == 1:  # no room in the KV cache for this batch: preempt one, retry next step
-            self._preempt()
+        if rc == 1:  # no room in the KV cache: drop a cached prompt, else preempt; retry
+            if not self._drop_cached():
+                self._preempt()
             return
         if rc != 0:
             raise InferenceError(f"llama_decode failed ({rc})")
@@ -287,22 +315,39 @@ class Batcher:
             seq.next = token
 
     def _finish(self, seq: _Seq, reason: str) -> None:
-        self._release(seq)
+        self._release(seq, keep=True)
         if tail := seq.matcher.feed(seq.decoder.decode(b"", final=True)) + seq.matcher.flush():
             seq.emit(Chunk(tail))
         end = time.perf_counter_ns()
         first = seq.first or end
-        stats = Stats(seq.prompt_count, first - seq.start, len(seq.answer), end - first)
+        evaluated = seq.prompt_count - seq.cached
+        stats = Stats(evaluated, first - seq.start, len(seq.answer), end - first)
+        stats.prompt_cached = seq.cached
         context = seq.tokens[: seq.prompt_count] + seq.answer
         seq.emit(Chunk(done=True, done_reason=reason, stats=stats, context=context))  # type: ignore[arg-type]
         llama_cpp.llama_sampler_free(seq.chain)
         seq.finished(None)
 
-    def _release(self, seq: _Seq) -> None:
-        llama_cpp.llama_memory_seq_rm(self._mem, seq.id, -1, -1)
+    def _release(self, seq: _Seq, keep: bool = False) -> None:
+        """Take ``seq`` out; ``keep`` leaves its KV cells as a cached prompt for the next
+        request that starts the same way."""
         self._running.remove(seq)
-        self._free.append(seq.id)
+        if keep and seq.fed:
+            with self._lock:
+                self._cached[seq.id] = seq.tokens[: seq.fed]
+        else:
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.id, -1, -1)
+            self._free.append(seq.id)
         seq.id = -1
+
+    def _drop_cached(self) -> bool:
+        with self._lock:
+            if not self._cached:
+                return False
+            sid, _ = self._cached.popitem(last=False)
+            self._free.append(sid)
+        llama_cpp.llama_memory_seq_rm(self._mem, sid, -1, -1)
+        return True
 
     def _preempt(self) -> None:
         """Free the youngest sequence's cells; it waits at the head of the queue, and when
@@ -320,12 +365,13 @@ class Batcher:
         with self._lock:
             pending = [*self._running, *self._waiting]
             self._running, self._waiting = [], deque()
+            self._cached.clear()
             self._active = False
         for seq in pending:
             with contextlib.suppress(Exception):
                 llama_cpp.llama_sampler_free(seq.chain)
             seq.finished(error)
-        with contextlib.suppress(Exception):
+        if not self._closed:
             llama_cpp.llama_memory_clear(self._mem, False)
         self._free = list(range(self.n_seq))
 
@@ -333,7 +379,17 @@ class Batcher:
         """Free the context, on the worker thread; a sequence still running fails."""
         if self._closed:
             return
-        self._closed = True
         self._fail_all(InferenceError("the model was unloaded"))
+        self._closed = True
         llama_cpp.llama_batch_free(self._batch)
         self._ctx.close()  # type: ignore[no-untyped-call]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
