@@ -95,9 +95,10 @@ class AsyncRemoteEngine:
         num_ctx: int | None = None,
         keep_alive: KeepAlive = None,
         progress: ProgressCallback = ignore,
+        parallel: int | None = None,
     ) -> LoadedModel:
         progress(Progress(f"loading {model} on {self.url}"))
-        body = load_body(model, backend, device, gpu_layers, num_ctx, keep_alive)
+        body = load_body(model, backend, device, gpu_layers, num_ctx, keep_alive, parallel)
         return LoadedModel(**await self._json("POST", "/api/forge/load", body))
 
     async def unload(self, model: str) -> bool:

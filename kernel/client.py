@@ -96,10 +96,11 @@ class RemoteEngine:
         num_ctx: int | None = None,
         keep_alive: KeepAlive = None,
         progress: ProgressCallback = ignore,
+        parallel: int | None = None,
     ) -> LoadedModel:
         """Load on the server (a conversion there reports no progress here)."""
         progress(Progress(f"loading {model} on {self.url}"))
-        body = load_body(model, backend, device, gpu_layers, num_ctx, keep_alive)
+        body = load_body(model, backend, device, gpu_layers, num_ctx, keep_alive, parallel)
         return LoadedModel(**self._json("POST", "/api/forge/load", body))
 
     def unload(self, model: str) -> bool:

@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     keep_alive: float = Field(300.0, description="seconds a model stays loaded after use")
     max_loaded_models: int = Field(3, ge=1)
-    num_parallel: int = Field(1, ge=1, description="concurrent requests per loaded model")
+    num_parallel: int = Field(
+        1, ge=1, le=256, description="requests a model that batches serves at once"
+    )
+    model_parallel: dict[str, int] = Field(
+        default_factory=dict, description="num_parallel per model name, over the default"
+    )
     max_queue: int = Field(512, ge=0, description="waiting requests before 'queue full'")
     max_memory: int | None = Field(None, description="bytes for loaded models; None: all RAM")
     num_ctx: int = Field(4096, ge=16, description="default context, capped at the model's")
@@ -177,6 +182,26 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("not a JSON list") from None
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("model_parallel", mode="before")
+    @classmethod
+    def _per_model(cls, v: Any) -> Any:
+        """``{"name": n}`` from TOML, or ``name=n,other=m`` (or JSON) from the environment;
+        names as the store spells them (``tiny`` is ``tiny:latest``), counts from 1."""
+        if isinstance(v, str):
+            v = (
+                json.loads(v)
+                if v.strip().startswith("{")
+                else dict(item.rsplit("=", 1) for item in v.split(",") if item.strip())
+            )
+        if not isinstance(v, dict):
+            return v
+        from .store.names import parse_name
+
+        found = {str(parse_name(str(k).strip())): int(n) for k, n in v.items()}
+        if any(n < 1 for n in found.values()):
+            raise ValueError("a model's parallel count must be at least 1")
+        return found
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from .errors import Conflict, ModelNotFound
 from .hooks import Hooks, ModelEvent
 from .interface import KeepAlive, LoadedModel, Messages
 from .limits import Limits
-from .loading import default_options, grows, overridden
+from .loading import default_options, grows, model_defaults, overridden
 from .mold import Device, LoadOptions, Mold
 from .progress import ProgressCallback, ignore
 from .pulls import Pulls
@@ -129,7 +129,7 @@ class AsyncEngine(EngineInference, EngineStore):
         manifest = self.store.get(model) if isinstance(model, str) else model
         key = str(parse_name(manifest.name))
         seconds = self.keep_alive_seconds(keep_alive)
-        opts = wanted or self._loaded_with.get(key) or self._defaults
+        opts = wanted or self._loaded_with.get(key) or self._defaults_for(key)
         num_ctx = options.num_ctx if options is not None else None
         runner = self.scheduler.runners.get(key)
         if runner is None:
@@ -154,7 +154,7 @@ class AsyncEngine(EngineInference, EngineStore):
             return backend.open(manifest, device, opts)
 
         async with self.scheduler.acquire(
-            key, factory, keep_alive=seconds, priority=priority
+            key, factory, keep_alive=seconds, priority=priority, parallel=opts.parallel
         ) as lease:
             if lease.load_duration or key not in self._loaded_with:  # remember what is loaded
                 self._loaded_with[key] = opts
@@ -162,6 +162,9 @@ class AsyncEngine(EngineInference, EngineStore):
             self._publish()
             yield lease
         self._publish()
+
+    def _defaults_for(self, key: str) -> LoadOptions:
+        return model_defaults(self._defaults, self.settings, key)
 
     def keep_alive_seconds(self, keep_alive: KeepAlive) -> float | None:
         """``keep_alive`` in seconds (-1: forever), within ``max_keep_alive`` (else a 400)."""
@@ -191,17 +194,24 @@ class AsyncEngine(EngineInference, EngineStore):
         num_ctx: int | None = None,
         keep_alive: KeepAlive = None,
         progress: ProgressCallback = ignore,
+        parallel: int | None = None,
     ) -> LoadedModel:
         """Load ``model`` now (it stays for ``keep_alive``) and describe where it landed.
 
         A ``backend`` that cannot read the model's format loads its converted form (made
-        now when missing, with ``progress``); the row then names that form.
+        now when missing, with ``progress``); the row then names that form. ``parallel``:
+        the requests it serves at once, when it batches (llama.cpp models do).
         """
         manifest = self.store.get(model)
         if backend is not None:
             manifest = await self._readable(manifest, backend, progress)
         opts = overridden(
-            self._defaults, backend=backend, device=device, gpu_layers=gpu_layers, num_ctx=num_ctx
+            self._defaults_for(str(parse_name(manifest.name))),
+            backend=backend,
+            device=device,
+            gpu_layers=gpu_layers,
+            num_ctx=num_ctx,
+            parallel=parallel,
         )
         async with self._lease(manifest, opts, keep_alive) as lease:
             name = str(parse_name(lease.mold.name))

@@ -18,6 +18,7 @@ def default_options(settings: Settings, cache_dir: Path) -> LoadOptions:
         device=settings.device,
         num_ctx=settings.num_ctx,
         threads=settings.threads,
+        parallel=settings.num_parallel,
         cache_dir=cache_dir,
         settings=settings,
     )
@@ -30,6 +31,7 @@ def overridden(
     device: str | None = None,
     gpu_layers: int | None = None,
     num_ctx: int | None = None,
+    parallel: int | None = None,
 ) -> LoadOptions:
     """``base`` with what a caller set (None keeps the default)."""
     return replace(
@@ -38,7 +40,14 @@ def overridden(
         device=device or base.device,
         gpu_layers=gpu_layers if gpu_layers is not None else base.gpu_layers,
         num_ctx=num_ctx or base.num_ctx,
+        parallel=parallel or base.parallel,
     )
+
+
+def model_defaults(base: LoadOptions, settings: Settings, model: str) -> LoadOptions:
+    """``base`` with the model's own settings (``model_parallel``)."""
+    parallel = settings.model_parallel.get(model)
+    return replace(base, parallel=parallel) if parallel else base
 
 
 def grows(manifest: Manifest, loaded: int, wanted: int) -> bool:

@@ -36,6 +36,7 @@ class LoadOptions:
     gpu_layers: int | None = None  # None: all layers on a GPU device, none on cpu
     num_ctx: int | None = None
     threads: int | None = None
+    parallel: int | None = None  # requests at once, for a Mold that batches (its tasks say)
     cache_dir: Path | None = None  # where a backend keeps what it compiles (the store's cache/)
     # The engine's settings: each backend reads its own knobs there (onnx_optimization, ...).
     settings: Settings = field(default_factory=Settings)
@@ -48,7 +49,7 @@ class Mold(Protocol):
     name: str
     backend: str
     device: str
-    tasks: frozenset[str]  # {"generate", "chat", "embed", "tokenize"}; later "batch", ...
+    tasks: frozenset[str]  # {"generate", "chat", "embed", "tokenize", "batch"}
     metadata: ModelMetadata
     context_length: int
     memory: int  # bytes this instance holds, estimated before load and measured after

@@ -71,6 +71,7 @@ def load_body(
     gpu_layers: int | None,
     num_ctx: int | None,
     keep_alive: KeepAlive,
+    parallel: int | None,
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -79,6 +80,7 @@ def load_body(
         "gpu_layers": gpu_layers,
         "num_ctx": num_ctx,
         "keep_alive": keep_alive,
+        "parallel": parallel,
     }
 
 

@@ -127,8 +127,11 @@ class Scheduler:
         *,
         keep_alive: float | None = None,
         priority: int = 0,
+        parallel: int | None = None,
     ) -> AsyncIterator[Lease]:
-        """Hold one slot of model ``key``, loading it first if needed."""
+        """Hold one slot of model ``key``, loading it first if needed. A model that
+        batches (``"batch"`` in its tasks) gets ``parallel`` slots (default
+        ``num_parallel``) when loaded here; every other model serves one request at once."""
         if self._queued >= self.max_queue:
             raise QueueFull(
                 f"server busy: {self._queued} requests queued (max_queue={self.max_queue}); "
@@ -144,7 +147,7 @@ class Scheduler:
                     # request's load must not evict it before this one takes its reference.
                     self._claims[key] = self._claims.get(key, 0) + 1
                     try:
-                        runner, loaded_here = await self._ensure_loaded(key, factory)
+                        runner, loaded_here = await self._ensure_loaded(key, factory, parallel)
                     finally:
                         self._claims[key] -= 1
                         if not self._claims[key]:
@@ -166,7 +169,9 @@ class Scheduler:
             runner.slots.release()
             await self._release(runner, keep_alive)
 
-    async def _ensure_loaded(self, key: str, factory: MoldFactory) -> tuple[Runner, bool]:
+    async def _ensure_loaded(
+        self, key: str, factory: MoldFactory, parallel: int | None
+    ) -> tuple[Runner, bool]:
         """The runner of ``key``, loading it if needed; True when this call started the load.
 
         The load is a task of its own, awaited through ``shield``: a waiter that times out
@@ -180,7 +185,8 @@ class Scheduler:
             task = None
         started = task is None
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load_in_turn(key, factory))
+            loading = self._load_in_turn(key, factory, parallel)
+            task = asyncio.get_running_loop().create_task(loading)
             self._loading[key] = task
             task.add_done_callback(lambda t: self._loaded(key, t))
         try:
@@ -197,11 +203,11 @@ class Scheduler:
         if not task.cancelled():
             task.exception()  # retrieved: a load nobody waits for any more is not an error
 
-    async def _load_in_turn(self, key: str, factory: MoldFactory) -> Runner:
+    async def _load_in_turn(self, key: str, factory: MoldFactory, parallel: int | None) -> Runner:
         async with self._load_lock:  # one load at a time: each sees the others' memory
-            return await self._load(key, factory)
+            return await self._load(key, factory, parallel)
 
-    async def _load(self, key: str, factory: MoldFactory) -> Runner:
+    async def _load(self, key: str, factory: MoldFactory, parallel: int | None) -> Runner:
         mold = await factory()
         need = mold.memory
         while True:
@@ -223,7 +229,8 @@ class Scheduler:
             with contextlib.suppress(Exception):  # free what a half-done load holds
                 await asyncio.shield(mold.unload())
             raise
-        runner = Runner(key, mold, Slots(self.num_parallel), time.perf_counter_ns() - start)
+        slots = Slots((parallel or self.num_parallel) if "batch" in mold.tasks else 1)
+        runner = Runner(key, mold, slots, time.perf_counter_ns() - start)
         runner.last_used = self._clock()
         if self.default_keep_alive >= 0:  # reaped like any idle model if nobody claims it
             runner.expires_at = runner.last_used + self.default_keep_alive

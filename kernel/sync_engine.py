@@ -168,8 +168,10 @@ class Engine:
         num_ctx: int | None = None,
         keep_alive: KeepAlive = None,
         progress: ProgressCallback = ignore,
+        parallel: int | None = None,
     ) -> LoadedModel:
-        """Load now; a ``backend`` that cannot read the model loads its converted form."""
+        """Load now; a ``backend`` that cannot read the model loads its converted form;
+        ``parallel``: requests served at once by a model that batches."""
         return self._loop.run(
             self._engine.load(
                 model,
@@ -179,6 +181,7 @@ class Engine:
                 num_ctx=num_ctx,
                 keep_alive=keep_alive,
                 progress=progress,
+                parallel=parallel,
             )
         )
 

@@ -222,7 +222,7 @@ def test_chat_with_tools_answers_parsed_calls(case: tuple[EngineClient, Path]) -
 
 def test_load_ps_unload_tokens_and_embeddings(case: tuple[EngineClient, Path]) -> None:
     engine, _ = case
-    row = engine.load("echo:1", backend="null", device="cpu", keep_alive="1h")
+    row = engine.load("echo:1", backend="null", device="cpu", keep_alive="1h", parallel=2)
     assert (row.name, row.backend, row.device) == ("echo:1", "null", "cpu")
     assert "echo:1" in {m.name for m in engine.ps()}
     assert "cpu" in {d.id for d in engine.devices()}

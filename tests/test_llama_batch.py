@@ -172,3 +172,23 @@ async def test_a_chats_next_turn_evaluates_only_its_new_tokens(tmp_path: Path) -
     # what its text tokenizes back to, so the cached prefix ends where the answer starts)
     assert warm.stats.prompt_cached >= first_turn
     assert warm.text == cold.text
+
+
+async def test_parallel_is_a_per_model_setting_and_a_load_option(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    settings = ff.Settings(home=tmp_path / "home", model_parallel={"tiny": 3}, threads=1)
+    e = ff.AsyncEngine(settings)  # num_parallel stays 1: only tiny batches
+    await e.pull(str(gguf), name="tiny")
+    await e.pull(str(gguf), name="other")
+    try:
+        await e.generate("tiny", "a", raw=True, options={"max_tokens": 1})
+        await e.generate("other", "a", raw=True, options={"max_tokens": 1})
+        runners = e.scheduler.runners
+        assert runners["tiny:latest"].slots.capacity == 3
+        assert "batch" in runners["tiny:latest"].mold.tasks
+        assert runners["other:latest"].slots.capacity == 1
+        assert "batch" not in runners["other:latest"].mold.tasks
+        await e.load("other", parallel=2)  # asked at load: reloaded with two slots
+        assert runners["other:latest"].slots.capacity == 2
+    finally:
+        await e.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ class FakeMold:
     """Implements the Mold protocol; records its life for the assertions."""
 
     backend, device = "fake", "cpu"
-    tasks = frozenset({"generate"})
+    tasks = frozenset({"generate", "batch"})
     context_length = 128
 
     def __init__(self, name: str, memory: int, log: list[str]) -> None:
@@ -217,6 +218,32 @@ async def test_parallel_slots(clock: Clock, log: list[str]) -> None:
     await asyncio.gather(*(job() for _ in range(6)))
     assert peak == 2
     assert log == ["load a"]
+
+
+async def test_a_model_that_does_not_batch_gets_one_slot(clock: Clock, log: list[str]) -> None:
+    s = make(clock, num_parallel=4)
+    active = peak = 0
+
+    def serial(name: str) -> Any:
+        async def make_mold() -> Mold:
+            mold = FakeMold(name, 1, log)
+            mold.tasks = frozenset({"generate"})  # no "batch": one request at a time
+            return mold
+
+        return make_mold
+
+    async def job() -> None:
+        nonlocal active, peak
+        async with s.acquire("enc", serial("enc")):
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.01)
+            active -= 1
+
+    await asyncio.gather(*(job() for _ in range(4)))
+    assert peak == 1
+    async with s.acquire("a", factory("a", log), parallel=3):  # a batching model: 3 slots
+        assert s.runners["a"].slots.capacity == 3
 
 
 async def test_cancelled_waiter_leaves_queue(clock: Clock, log: list[str]) -> None:

@@ -25,6 +25,7 @@ class LoadBody(Body):
     gpu_layers: int | None = Field(None, ge=-1, le=100_000)
     num_ctx: int | None = Field(None, ge=16, le=1 << 24)
     keep_alive: str | float | int | None = None
+    parallel: int | None = Field(None, ge=1, le=256)  # for a model that batches
 
 
 class ModelBody(Body):
@@ -79,6 +80,7 @@ async def load(body: LoadBody, request: Request) -> dict[str, Any]:
         gpu_layers=body.gpu_layers,
         num_ctx=body.num_ctx,
         keep_alive=body.keep_alive,
+        parallel=body.parallel,
     )
     return dataclasses.asdict(row)
 

@@ -109,7 +109,7 @@ class LlamaCppMold:
         layers = self._opts.gpu_layers if self._opts.gpu_layers is not None else -1
         if not gpu and self._opts.gpu_layers:
             log.warning("%s runs on cpu: gpu_layers=%d is ignored", self.name, layers)
-        parallel = self._opts.settings.num_parallel
+        parallel = self._opts.parallel or 1
         worker = self._worker = Worker(f"llama:{self.name}")
         try:
             rt = self._runtime = await worker.call(
@@ -136,6 +136,8 @@ class LlamaCppMold:
         self._measure(rt)
         if not rt.embed_only:
             self.tasks = self.tasks | {"generate"} | ({"chat"} if rt.template else set())
+        if self._batcher is not None:
+            self.tasks = self.tasks | {"batch"}
 
     def _measure(self, rt: LlamaRuntime) -> None:
         """What the scheduler's budget counts: the mapped file and every context's buffers

@@ -51,7 +51,7 @@ class NullBackend:
 
 class NullMold:
     backend = "null"
-    tasks = frozenset({"generate", "chat", "embed", "tokenize"})
+    tasks = frozenset({"generate", "chat", "embed", "tokenize", "batch"})  # async: any number
 
     def __init__(self, manifest: Manifest, device: Device, memory: int) -> None:
         self.name = manifest.name

@@ -32,7 +32,7 @@ from ..progress import Progress
 from .answer import Answer, stream_answer
 
 HELP = """\
-%forge load MODEL [--backend B] [--device D] [--keep-alive T]   pull if needed, then load
+%forge load MODEL [--backend B] [--device D] [--keep-alive T] [--parallel N]   pull if needed, then load
 %forge unload MODEL | list | ps | devices | show MODEL | pull MODEL
 %forge use MODEL             the default model of %%forge
 %forge browser MODEL [--target auto|wasm|webgpu] [--runtime R] [--web-url URL] [-o VAR]
@@ -162,6 +162,7 @@ class ForgeMagics(Magics):
         p.add_argument("--backend")
         p.add_argument("--device")
         p.add_argument("--keep-alive")
+        p.add_argument("--parallel", type=int)
         a = p.parse_args(rest)
         engine = self.engine()
         try:
@@ -177,6 +178,7 @@ class ForgeMagics(Magics):
                 device=a.device,
                 keep_alive=a.keep_alive,
                 progress=bar,
+                parallel=a.parallel,
             )
         except BaseException:
             bar.done()
