@@ -203,45 +203,37 @@ async def test_queue_limit_and_priority(clock: Clock, log: list[str]) -> None:
     assert s.queued == 0
 
 
-async def test_parallel_slots(clock: Clock, log: list[str]) -> None:
-    s = make(clock, num_parallel=2)
-    active = peak = 0
+async def peak(s: Scheduler, key: str, make_mold: Any, jobs: int) -> int:
+    """The most requests that held ``key`` at once, of ``jobs`` sent together."""
+    active = most = 0
 
     async def job() -> None:
-        nonlocal active, peak
-        async with s.acquire("a", factory("a", log)):
+        nonlocal active, most
+        async with s.acquire(key, make_mold):
             active += 1
-            peak = max(peak, active)
+            most = max(most, active)
             await asyncio.sleep(0.01)
             active -= 1
 
-    await asyncio.gather(*(job() for _ in range(6)))
-    assert peak == 2
+    await asyncio.gather(*(job() for _ in range(jobs)))
+    return most
+
+
+async def test_parallel_slots(clock: Clock, log: list[str]) -> None:
+    s = make(clock, num_parallel=2)
+    assert await peak(s, "a", factory("a", log), 6) == 2
     assert log == ["load a"]
 
 
 async def test_a_model_that_does_not_batch_gets_one_slot(clock: Clock, log: list[str]) -> None:
     s = make(clock, num_parallel=4)
-    active = peak = 0
 
-    def serial(name: str) -> Any:
-        async def make_mold() -> Mold:
-            mold = FakeMold(name, 1, log)
-            mold.tasks = frozenset({"generate"})  # no "batch": one request at a time
-            return mold
+    async def serial() -> Mold:
+        mold = FakeMold("enc", 1, log)
+        mold.tasks = frozenset({"generate"})  # no "batch": one request at a time
+        return mold
 
-        return make_mold
-
-    async def job() -> None:
-        nonlocal active, peak
-        async with s.acquire("enc", serial("enc")):
-            active += 1
-            peak = max(peak, active)
-            await asyncio.sleep(0.01)
-            active -= 1
-
-    await asyncio.gather(*(job() for _ in range(4)))
-    assert peak == 1
+    assert await peak(s, "enc", serial, 4) == 1
     async with s.acquire("a", factory("a", log), parallel=3):  # a batching model: 3 slots
         assert s.runners["a"].slots.capacity == 3
 
