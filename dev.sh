@@ -4,6 +4,7 @@
 #                                    with the browser demo at /web/
 #   ./dev.sh test [pytest args]      set up .venv and test needs, run ruff, mypy, pytest
 #   ./dev.sh setup                   only set up .venv (with the dev tools)
+#   ./dev.sh bench [bench/serve.py flags]  build llama-server once, then bench/serve.py
 # Both are idempotent: a second run reuses .venv, node_modules and the cached llama wheel.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,6 +14,7 @@ PY=$VENV/bin/python
 LLAMA_VERSION=0.3.36
 WHEELS=${FORGE_WHEEL_CACHE:-$HOME/.cache/ferrousforge/wheels}
 TEST_HOME=${FORGE_TEST_HOME:-$HOME/.cache/ferrousforge/test-home}
+LLAMA_SERVER=${FORGE_LLAMA_SERVER:-$HOME/.cache/ferrousforge/llama-server-$LLAMA_VERSION/llama-server}
 # DESIGN.md §6: the native build crashes on quantized models here (AMX); pin the ISA.
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF"
 
@@ -99,6 +101,30 @@ setup_web() {  # the browser build: runtimes from npm into web/vendor (web/build
   PYTHON="$PY" npm run --silent build
 }
 
+setup_llama_server() {  # the bench's peer: llama.cpp's own server, from the wheel's vendored source
+  [ -x "$LLAMA_SERVER" ] && return
+  local src
+  src=$(mktemp -d)
+  say "building llama-server from llama-cpp-python $LLAMA_VERSION's llama.cpp once (about 5 minutes)"
+  "$PY" -m pip download -q --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_VERSION"
+  tar -xzf "$src"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$src"
+  # shellcheck disable=SC2086  # the flags are words
+  cmake -S "$src/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp" -B "$src/build" $LLAMA_CMAKE_ARGS \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$src/build" --target llama-server -j "$(nproc)" >/dev/null
+  mkdir -p "$(dirname "$LLAMA_SERVER")"
+  cp "$src/build/bin/llama-server" "$LLAMA_SERVER"
+  rm -rf "$src"
+}
+
+cmd_bench() {
+  cmd_setup
+  setup_llama_server
+  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,dev,bench"  # llama_cpp.server, the other peer
+  FORGE_LLAMA_SERVER="$LLAMA_SERVER" "$PY" bench/serve.py "$@"
+}
+
 cmd_setup() {
   setup_venv
   setup_llama
@@ -145,5 +171,6 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   test) shift; cmd_test "$@" ;;
   setup) cmd_setup ;;
-  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  bench) shift; cmd_bench "$@" ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

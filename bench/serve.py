@@ -1,16 +1,20 @@
-"""HTTP serving against in-process llama.cpp and against the peer ``llama_cpp.server``.
+"""HTTP serving against llama.cpp's own ``llama-server`` and against ``llama_cpp.server``.
 
-    .venv/bin/pip install -e '.[bench]'      # the peer's extra dependencies
-    .venv/bin/python bench/serve.py [--model smollm2:135m] [--rounds 5]
+    ./dev.sh bench                  # builds llama-server once (about 4 min), then runs this
+    .venv/bin/python bench/serve.py [--model smollm2:135m] [--rounds 3] [--parallel 4]
 
-1. single stream: ``forge serve`` tokens/s over HTTP ÷ raw in-process Llama (target ≥ 0.95)
-2. against llama_cpp.server (interrupt_requests off, same file, threads and context), on the
-   same OpenAI /v1/completions requests: aggregate tokens/s and p50/p95 latency at 1 and 4
-   concurrent clients (target: at least equal at 1 client)
-3. time to first token: streamed over HTTP against in-process Engine
+Peers, each alone in its own process, rounds alternating, medians compared:
+- ``forge serve --parallel N`` (continuous batching in the llama.cpp backend);
+- ``llama-server --parallel N``, built from the llama-cpp-python wheel's vendored llama.cpp
+  (``--llama-server PATH``; ``FORGE_LLAMA_SERVER``), the same GGUF, threads and total
+  context (its slots split it: each gets ctx / N);
+- ``llama_cpp.server`` (``pip install -e '.[bench]'``), the Python peer with one lock.
 
-Each server runs alone, in its own process, one at a time; rounds alternate between them
-and medians are compared. Not a test: these machines are shared and noisy.
+Printed as ratios measured in the same run (issue 13's targets): aggregate tokens/s of
+64-token /v1/completions at 1, 4 and 8 concurrent clients (≥ 0.9 of llama-server; ≥ 4× of
+llama_cpp.server at 4), p50 time to first token at 4 clients (≤ 1.2 × llama-server's), and
+a chat's second turn against its first (≤ 0.5: the cached prefix). Also the single stream
+over HTTP against raw in-process llama.cpp. Not a test: these machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -31,7 +35,22 @@ from typing import Any
 import httpx
 
 PROMPT = "The history of the printing press begins"
+# about 15-20 tokens each, different per client (nothing shared but the model)
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle:",
+    "Explain in simple words why the sky looks blue on a clear summer afternoon:",
+    "List some practical tips for keeping houseplants healthy through a cold winter:",
+    "Describe the main differences between a violin and a viola for a beginner:",
+    "Summarize the plot of a mystery novel set on a train crossing the mountains:",
+    "Give advice to a student who is learning to program for the very first time:",
+    "Tell me about the history of bread and how people first started baking it:",
+    "What should a traveller pack for a week of hiking in rainy northern forests:",
+]
 TOKENS = 64
+LLAMA_SERVER = os.environ.get(
+    "FORGE_LLAMA_SERVER",
+    os.path.expanduser("~/.cache/ferrousforge/llama-server-0.3.36/llama-server"),
+)
 
 
 def client() -> httpx.Client:
@@ -69,34 +88,57 @@ def server(cmd: list[str], port: int, env: dict[str, str], model: str) -> Iterat
         proc.wait(30)
 
 
-def complete(url: str, model: str, tokens: int, c: httpx.Client | None = None) -> tuple[int, float]:
+def complete(
+    url: str, model: str, tokens: int, c: httpx.Client | None = None, prompt: str = PROMPT
+) -> tuple[int, float, float]:
+    """One streamed /v1/completions: (tokens, seconds, seconds to the first token)."""
     if c is None:
         with client() as c:
-            return complete(url, model, tokens, c)
-    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+            return complete(url, model, tokens, c, prompt)
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
-    r = c.post(url + "/v1/completions", json=body)
-    r.raise_for_status()
-    return int(r.json()["usage"]["completion_tokens"]), time.perf_counter() - start
+    first, count = 0.0, 0
+    with c.stream("POST", url + "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            item = json.loads(line[6:])
+            if item.get("choices") and item["choices"][0].get("text"):
+                first = first or time.perf_counter() - start
+                count += 1
+            if item.get("usage"):
+                count = int(item["usage"]["completion_tokens"])
+    return count, time.perf_counter() - start, first
 
 
 def load(url: str, model: str, clients: int, per_client: int) -> dict[str, float]:
-    """Aggregate tokens/s and latency percentiles with ``clients`` concurrent clients."""
+    """Aggregate tokens/s, latency and time-to-first-token medians with ``clients``
+    concurrent clients, each with a prompt of its own."""
     latencies: list[float] = []
+    firsts: list[float] = []
     tokens = 0
     lock = threading.Lock()
 
-    def one_client(c: httpx.Client) -> None:
+    def one_client(i: int, c: httpx.Client) -> None:
         nonlocal tokens
         for _ in range(per_client):
-            n, took = complete(url, model, TOKENS, c)
+            n, took, first = complete(url, model, TOKENS, c, PROMPTS[i % len(PROMPTS)])
             with lock:
                 tokens += n
                 latencies.append(took)
+                firsts.append(first)
 
     https = [client() for _ in range(clients)]  # made before the clock starts
     start = time.perf_counter()
-    threads = [threading.Thread(target=one_client, args=(c,)) for c in https]
+    threads = [threading.Thread(target=one_client, args=(i, c)) for i, c in enumerate(https)]
     for t in threads:
         t.start()
     for t in threads:
@@ -104,8 +146,38 @@ def load(url: str, model: str, clients: int, per_client: int) -> dict[str, float
     wall = time.perf_counter() - start
     for c in https:
         c.close()
-    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
-    return {"tps": tokens / wall, "p50": statistics.median(latencies), "p95": q[18]}
+    return {
+        "tps": tokens / wall,
+        "p50": statistics.median(latencies),
+        "ttft": statistics.median(firsts),
+    }
+
+
+def chat_turns(url: str, model: str) -> tuple[float, float]:
+    """Time to first token of a chat's first turn and of its second (after the answer)."""
+    history = [{"role": "user", "content": PROMPTS[0] * 4}]  # a long first turn
+    times = []
+    with client() as c:
+        for follow in ("Now make it shorter.", None):
+            start = time.perf_counter()
+            first, text = 0.0, []
+            body = {"model": model, "messages": history, "max_tokens": 32, "stream": True}
+            with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    delta = json.loads(line[6:])["choices"]
+                    if delta and delta[0]["delta"].get("content"):
+                        first = first or time.perf_counter() - start
+                        text.append(delta[0]["delta"]["content"])
+            times.append(first)
+            if follow is None:
+                break
+            history += [
+                {"role": "assistant", "content": "".join(text)},
+                {"role": "user", "content": follow},
+            ]
+    return times[0], times[1]
 
 
 def stream_ttft(url: str, model: str) -> tuple[float, float]:
@@ -162,9 +234,12 @@ print(json.dumps({{"tps": tps, "ttft": ttft}}))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2:135m")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ctx", type=int, default=4096, help="the total context of each server")
+    ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--llama-server", default=LLAMA_SERVER)
+    ap.add_argument("--no-python-peer", action="store_true", help="skip llama_cpp.server")
     args = ap.parse_args()
 
     import ferrousforge as ff
@@ -172,69 +247,74 @@ def main() -> None:
     with ff.Engine(ff.Settings()) as engine:
         path = engine.pull(args.model).path
     env = os.environ | {"FORGE_NUM_CTX": str(args.ctx), "FORGE_THREADS": str(args.threads)}
-    py = sys.executable
-    results: dict[str, list[Any]] = {
-        k: [] for k in ("raw", "http", "forge1", "peer1", "forge4", "peer4")
-    }
+    py, n, threads = sys.executable, str(args.parallel), str(args.threads)
+    peers: dict[str, list[str]] = {
+        "forge": [py, "-m", "ferrousforge", "serve", "--parallel", n, "--port", "{port}"],
+        "llama-server": [
+            args.llama_server, "--model", path, "--port", "{port}", "--host", "127.0.0.1",
+            "--parallel", n, "--ctx-size", str(args.ctx), "--threads", threads,
+            "--threads-batch", threads, "--cont-batching", "--alias", args.model,
+        ],
+    }  # fmt: skip
+    if not os.access(args.llama_server, os.X_OK):
+        print(f"no llama-server at {args.llama_server}: run ./dev.sh bench (it builds one)")
+        del peers["llama-server"]
+    if not args.no_python_peer:
+        peers["llama_cpp.server"] = [
+            py, "-m", "llama_cpp.server", "--model", path, "--port", "{port}",
+            "--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", str(args.ctx),
+            "--interrupt_requests", "False", "--model_alias", args.model,
+        ]  # fmt: skip
+    results: dict[str, list[dict[Any, Any]]] = {k: [] for k in peers}
+    raw: list[dict[str, float]] = []
     for _ in range(args.rounds):
-        results["raw"].append(in_process(path, args.model, args))
-        port = free_port()
-        with server(
-            [py, "-m", "ferrousforge", "serve", "--port", str(port)], port, env, args.model
-        ) as url:
-            stream_ttft(url, args.model)  # the first call of a route pays one-time costs
-            runs = sorted(stream_ttft(url, args.model) for _ in range(3))
-            results["http"].append(runs[1])  # the median of three
-            results["forge1"].append(load(url, args.model, 1, 3))
-            results["forge4"].append(load(url, args.model, 4, 2))
-        port = free_port()
-        peer = [
-            py,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            path,
-            "--port",
-            str(port),
-            "--n_threads",
-            str(args.threads),
-            "--n_threads_batch",
-            str(args.threads),
-            "--n_ctx",
-            str(args.ctx),
-            "--interrupt_requests",
-            "False",
-        ]
-        with server(peer, port, env, args.model) as url:
-            results["peer1"].append(load(url, args.model, 1, 3))
-            results["peer4"].append(load(url, args.model, 4, 2))
+        raw.append(in_process(path, args.model, args))
+        for name, cmd in peers.items():
+            port = free_port()
+            with server(
+                [c.replace("{port}", str(port)) for c in cmd], port, env, args.model
+            ) as url:
+                row: dict[Any, Any] = {c: load(url, args.model, c, 2) for c in (1, 4, 8)}
+                if name != "llama_cpp.server":
+                    row["turns"] = chat_turns(url, args.model)
+                if name == "forge":
+                    stream_ttft(url, args.model)  # the first call of a route pays once
+                    row["http"] = sorted(stream_ttft(url, args.model) for _ in range(3))[1]
+                results[name].append(row)
 
-    def med(key: str, field: str) -> float:
-        return float(statistics.median(r[field] for r in results[key]))
+    def med(name: str, clients: int, field: str) -> float:
+        return float(statistics.median(r[clients][field] for r in results[name]))
 
-    raw_tps, raw_ttft = med("raw", "tps"), med("raw", "ttft")
-    http_ttft = statistics.median(r[0] for r in results["http"])
-    http_tps = statistics.median(r[1] for r in results["http"])
     print(
         f"machine: {os.cpu_count()} cpus, threads={args.threads}, model={args.model}, "
-        f"ctx={args.ctx}, median of {args.rounds} rounds"
+        f"total context {args.ctx}, --parallel {args.parallel}, median of {args.rounds} rounds"
     )
-    print(
-        f"single stream   raw in-process {raw_tps:6.1f} tok/s   HTTP {http_tps:6.1f} tok/s"
-        f"   ratio {http_tps / raw_tps:.3f}  (target >= 0.95)"
-    )
-    print(
-        f"first token     in-process {raw_ttft * 1e3:6.1f} ms   HTTP {http_ttft * 1e3:6.1f} ms"
-        f"   +{(http_ttft - raw_ttft) * 1e3:.1f} ms"
-    )
-    for n in (1, 4):
-        f, p = f"forge{n}", f"peer{n}"
-        print(
-            f"{n} client{'s' if n > 1 else ' '}       forge {med(f, 'tps'):6.1f} tok/s "
-            f"p50 {med(f, 'p50'):5.2f} s p95 {med(f, 'p95'):5.2f} s | llama_cpp.server "
-            f"{med(p, 'tps'):6.1f} tok/s p50 {med(p, 'p50'):5.2f} s p95 {med(p, 'p95'):5.2f} s"
-            f" | ratio {med(f, 'tps') / med(p, 'tps'):.2f}"
-        )
+    raw_tps = statistics.median(r["tps"] for r in raw)
+    http_tps = statistics.median(r["http"][1] for r in results["forge"])
+    print(f"single stream   raw in-process {raw_tps:6.1f} tok/s   HTTP {http_tps:6.1f} tok/s"
+          f"   ratio {http_tps / raw_tps:.3f}")  # fmt: skip
+    for clients in (1, 4, 8):
+        line = f"{clients} client{'s' if clients > 1 else ' '}  "
+        for name in results:
+            tps, p50 = med(name, clients, "tps"), med(name, clients, "p50")
+            ttft = med(name, clients, "ttft") * 1e3
+            line += f" {name} {tps:6.1f} tok/s (p50 {p50:.2f} s, ttft {ttft:.0f} ms)"
+        print(line)
+    for name, target in (("llama-server", "0.9"), ("llama_cpp.server", "4 at 4 clients")):
+        if name in results:
+            ratios = "  ".join(
+                f"{c}: {med('forge', c, 'tps') / med(name, c, 'tps'):.2f}" for c in (1, 4, 8)
+            )
+            print(f"tok/s ratio against {name}: {ratios}  (target >= {target})")
+    if "llama-server" in results:
+        ttft = med("forge", 4, "ttft") / med("llama-server", 4, "ttft")
+        print(f"p50 time to first token at 4 clients, ratio to llama-server: {ttft:.2f} (<= 1.2)")
+    for name in ("forge", "llama-server"):
+        if name in results:
+            first = statistics.median(r["turns"][0] for r in results[name])
+            second = statistics.median(r["turns"][1] for r in results[name])
+            ms = f"{second * 1e3:.0f} / {first * 1e3:.0f} ms"
+            print(f"{name}: chat turn 2 / turn 1 time to first token {ms} = {second / first:.2f}")
 
 
 if __name__ == "__main__":
