@@ -79,6 +79,8 @@ class Batcher:
     ) -> None:
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, n_seq, True
+        # llama.cpp's own default (llama-server's too); llama-cpp-python turns it off
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.n_batch = params.n_ubatch = max(chunk, 512)
         self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)

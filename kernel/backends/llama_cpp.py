@@ -186,24 +186,22 @@ class LlamaCppMold:
         if isinstance(req, EmbedRequest):
             raise UnsupportedTask("infer_stream takes a generate or chat request")
         if self._batcher is not None:
-            async for chunk in self._batched(rt, worker, self._batcher, req):
+            async for chunk in self._batched(rt, self._batcher, req):
                 yield chunk
             return
         async for chunk in worker.stream(self._generation(rt, req)):
             yield chunk
 
     async def _batched(
-        self, rt: LlamaRuntime, worker: Worker, batcher: Batcher, req: GenerateRequest | ChatRequest
+        self, rt: LlamaRuntime, batcher: Batcher, req: GenerateRequest | ChatRequest
     ) -> AsyncIterator[Chunk]:
         prefix = req.context or () if isinstance(req, GenerateRequest) else ()
         n_ctx = req.options.num_ctx
 
-        def prepare() -> tuple[list[int], str | None]:
-            return rt.prompt_tokens(self._prompt(rt, req), prefix, n_ctx), rt.grammar_text(
-                req.format
-            )
-
-        tokens, grammar = await worker.call(prepare)
+        # Here, not on the worker: between two decode steps it would wait for the step in
+        # flight, and the vocabulary and grammar parsing touch no context (no OpenMP).
+        tokens = rt.prompt_tokens(self._prompt(rt, req), prefix, n_ctx)
+        grammar = rt.grammar_text(req.format)
         async with contextlib.aclosing(batcher.stream(tokens, req.options, grammar, n_ctx)) as s:
             async for chunk in s:
                 yield chunk

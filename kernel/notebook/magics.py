@@ -32,7 +32,8 @@ from ..progress import Progress
 from .answer import Answer, stream_answer
 
 HELP = """\
-%forge load MODEL [--backend B] [--device D] [--keep-alive T] [--parallel N]   pull if needed, then load
+%forge load MODEL [--backend B] [--device D] [--keep-alive T] [--parallel N]
+                             pull if needed, then load
 %forge unload MODEL | list | ps | devices | show MODEL | pull MODEL
 %forge use MODEL             the default model of %%forge
 %forge browser MODEL [--target auto|wasm|webgpu] [--runtime R] [--web-url URL] [-o VAR]
