@@ -63,14 +63,16 @@ def test_raw_completion_is_deterministic_when_greedy(engine: ff.Engine) -> None:
     b = engine.generate("tiny", "the hot word", raw=True, options=GREEDY)
     assert a.text and a.text == b.text
     assert a.stats.eval_count == 24 and a.done_reason == "length"
-    assert a.stats.prompt_eval_count == len(engine.tokenize("tiny", "the hot word")) + 1  # BOS
+    prompt = len(engine.tokenize("tiny", "the hot word")) + 1  # BOS
+    assert a.stats.prompt_eval_count + a.stats.prompt_cached == prompt  # evaluated or reused
 
 
 def test_chat_uses_the_models_template(engine: ff.Engine) -> None:
     chat = engine.chat("tiny", [{"role": "user", "content": "hi"}], options=GREEDY)
     by_hand = engine.generate("tiny", CHATML_HI, raw=True, options=GREEDY)
     assert chat.text == by_hand.text
-    assert chat.stats.prompt_eval_count == len(engine.tokenize("tiny", CHATML_HI)) + 1
+    prompt = len(engine.tokenize("tiny", CHATML_HI)) + 1
+    assert chat.stats.prompt_eval_count + chat.stats.prompt_cached == prompt
     templated = engine.generate("tiny", "hi", options=GREEDY)  # Ollama's generate semantics
     assert templated.text == chat.text
 
