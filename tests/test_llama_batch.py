@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +194,71 @@ async def test_parallel_is_a_per_model_setting_and_a_load_option(tmp_path: Path)
         assert runners["other:latest"].slots.capacity == 2
     finally:
         await e.close()
+
+
+@pytest.mark.slow
+async def test_eight_concurrent_requests_on_smollm2_match_lone_runs_up_to_a_near_tie() -> None:
+    home = Path(os.environ.get("FORGE_TEST_HOME", "~/.cache/ferrousforge/test-home"))
+    home = home.expanduser()
+    if not (home / "manifests/library/smollm2/135m.json").is_file():
+        pytest.skip("smollm2:135m is not in the test home; ./dev.sh test pulls it first")
+    e = ff.AsyncEngine(ff.Settings(home=home, num_parallel=8, num_ctx=2048))
+    greedy = {"temperature": 0, "max_tokens": 32, "repetition_penalty": 1.0}
+    most = {"max_tokens": 48}
+    prompts = [f"Count from {i} to {i + 5}:" for i in range(5)]
+    others: list[
+        dict[str, Any]
+    ] = [  # other options in the same batches: seeded sampling, a stop, JSON
+        {"prompt": "Once upon a time", "kw": {"options": {"temperature": 0.8, "seed": 7, **most}}},
+        {"prompt": "List three colors:", "kw": {"options": {"stop": ["\n\n"], "seed": 1, **most}}},
+        {"prompt": "A person as JSON:", "kw": {"format": "json", "options": {"seed": 2}}},
+    ]
+    try:
+        await e.generate("smollm2:135m", "hi", raw=True, options={"max_tokens": 1})
+        b = batcher_of(e, "smollm2:135m")
+        b.gaps = {}
+        lone = {p: await e.generate("smollm2:135m", p, raw=True, options=greedy) for p in prompts}
+        gaps = dict(b.gaps)
+        requests: list[dict[str, Any]] = [
+            {"prompt": p, "kw": {"options": greedy}} for p in prompts
+        ] + others
+        runs = []
+        for _ in range(2):
+            # The same schedule: no cached prompt, and every request queued before the
+            # first step (the worker is held until they all wait), so all start together.
+            gate = threading.Event()
+
+            def hold(gate: threading.Event = gate) -> None:
+                b.clear_cache()
+                gate.wait()
+
+            b._worker.post(hold)
+            pending = [
+                asyncio.create_task(e.generate("smollm2:135m", r["prompt"], raw=True, **r["kw"]))
+                for r in requests
+            ]
+            while len(b._waiting) < len(requests):
+                await asyncio.sleep(0.01)
+            gate.set()
+            results = await asyncio.gather(*pending)
+            runs.append([r.text for r in results])
+            for p, r in zip(prompts, results, strict=False):
+                alone = lone[p]
+                start = alone.stats.prompt_eval_count + alone.stats.prompt_cached
+                want, got = alone.context[start:], r.context[start:]  # type: ignore[index]
+                prompt = tuple(alone.context[:start])  # type: ignore[index]
+                near = next((i for i, g in enumerate(gaps[prompt]) if g < 0.5), len(want))
+                assert got[:near] == want[:near], p  # equal up to the first near-tie
+            assert json.loads(results[-1].text) is not None
+            assert "\n\n" not in results[-2].text
+        assert runs[0] == runs[1]  # the same schedule gives the same outputs
+        assert b.busy_steps and b.busy_carried / b.busy_steps >= 2
+        assert max(b.widths) == len(requests)  # one decode step carried all eight
+    finally:
+        await e.close()
+
+
+def batcher_of(engine: ff.AsyncEngine, key: str) -> Batcher:
+    found = engine.scheduler.runners[key].mold._batcher  # type: ignore[attr-defined]
+    assert isinstance(found, Batcher)
+    return found

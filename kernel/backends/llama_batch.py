@@ -28,13 +28,12 @@ from typing import Any
 import llama_cpp
 from llama_cpp import _internals
 
-from ..errors import ContextOverflow, InferenceError, InvalidFormat
+from ..errors import ContextOverflow, InferenceError
 from ..schema import Chunk, InferenceOptions, Stats
 from ..worker import Worker, _post, _settle, bridged
-from .llama_runtime import DEFAULTS, RANDOM_SEED
+from .llama_runtime import DEFAULTS
+from .llama_sampling import sampler_chain
 from .stops import StopMatcher
-
-PENALTY_LAST_N = 64  # what the high-level API's last_n_tokens_size defaults to
 
 
 @dataclass(eq=False)
@@ -54,6 +53,7 @@ class _Seq:
     fed: int = 0  # tokens already in its KV cells
     next: int | None = None  # the sampled token to evaluate next step
     answer: list[int] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
     start: int = field(default_factory=time.perf_counter_ns)
     first: int = 0
     matcher: StopMatcher = field(init=False)
@@ -101,6 +101,9 @@ class Batcher:
         # what ran: steps, and sequences carried (tests and /metrics read them)
         self.steps = self.carried = self.preempted = self.busy_steps = self.busy_carried = 0
         self.widths: Counter[int] = Counter()  # steps by the sequences they carried
+        # set to {} to record each sequence's top-2 logit gaps, by prompt (tests compare
+        # batched answers with lone ones up to the first near-tie)
+        self.gaps: dict[tuple[int, ...], list[float]] | None = None
 
     # -- the async face ----------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class Batcher:
         budget = limit - len(tokens)
         if (most := o.get("max_tokens")) is not None and most >= 0:
             budget = min(budget, most)
-        chain = self._chain(o, options.seed, grammar)
+        chain = sampler_chain(self._vocab, self._n_vocab, o, options.seed, grammar)
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
 
@@ -144,39 +147,6 @@ class Batcher:
                 yield chunk
         finally:
             cancel.set()
-
-    def _chain(self, o: dict[str, Any], seed: int | None, grammar: str | None) -> Any:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        parts = [
-            llama_cpp.llama_sampler_init_penalties(
-                self._n_vocab, PENALTY_LAST_N, float(o["repetition_penalty"]), 0.0, 0.0
-            )
-        ]
-        if grammar is not None:
-            g = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-            if not g:  # a NULL sampler in a chain would crash the process
-                for p in parts:
-                    llama_cpp.llama_sampler_free(p)
-                llama_cpp.llama_sampler_free(chain)
-                raise InvalidFormat("cannot use this format: llama.cpp refuses its grammar")
-            parts.append(g)
-        temp = float(o["temperature"])
-        if temp == 0:
-            parts.append(llama_cpp.llama_sampler_init_greedy())
-        else:
-            parts += [
-                llama_cpp.llama_sampler_init_top_k(int(o["top_k"])),
-                llama_cpp.llama_sampler_init_typical(1.0, 1),
-                llama_cpp.llama_sampler_init_top_p(float(o["top_p"]), 1),
-                llama_cpp.llama_sampler_init_min_p(0.0, 1),
-                llama_cpp.llama_sampler_init_temp(temp),
-                llama_cpp.llama_sampler_init_dist(
-                    RANDOM_SEED if seed is None else seed & 0xFFFFFFFF
-                ),
-            ]
-        for p in parts:
-            llama_cpp.llama_sampler_chain_add(chain, p)  # the chain owns them now
-        return chain
 
     def _submit(self, seq: _Seq) -> None:
         with self._lock:
@@ -286,9 +256,20 @@ class Batcher:
                 seq.next = None
             seq.fed += n
             if wants:
+                if self.gaps is not None:
+                    seq.gaps.append(self._gap(index - 1))
                 self._sampled(
                     seq, llama_cpp.llama_sampler_sample(seq.chain, self._ctx.ctx, index - 1)
                 )
+
+    def _gap(self, index: int) -> float:
+        """The gap between the two highest logits at batch ``index``: below ~0.5, another
+        batch shape's arithmetic may pick the other token."""
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        top = np.partition(np.ctypeslib.as_array(row, shape=(self._n_vocab,)), -2)[-2:]
+        return float(top[1] - top[0])
 
     def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b, i = self._batch, self._batch.n_tokens
@@ -326,6 +307,8 @@ class Batcher:
         stats = Stats(evaluated, first - seq.start, len(seq.answer), end - first)
         stats.prompt_cached = seq.cached
         context = seq.tokens[: seq.prompt_count] + seq.answer
+        if self.gaps is not None:
+            self.gaps[tuple(seq.tokens[: seq.prompt_count])] = seq.gaps
         seq.emit(Chunk(done=True, done_reason=reason, stats=stats, context=context))  # type: ignore[arg-type]
         llama_cpp.llama_sampler_free(seq.chain)
         seq.finished(None)
@@ -341,6 +324,11 @@ class Batcher:
             llama_cpp.llama_memory_seq_rm(self._mem, seq.id, -1, -1)
             self._free.append(seq.id)
         seq.id = -1
+
+    def clear_cache(self) -> None:
+        """Forget every cached prompt (on the worker thread, between steps)."""
+        while self._drop_cached():
+            pass
 
     def _drop_cached(self) -> bool:
         with self._lock:
