@@ -108,6 +108,25 @@ async def test_a_client_that_leaves_frees_its_sequence_while_others_stream(
     assert [r.stats.eval_count for r in done] == [300, 300]
 
 
+async def test_a_reader_that_stops_reading_is_cut_and_nobody_waits_for_it(
+    engine: ff.AsyncEngine,
+) -> None:
+    await engine.generate("tiny", "a", raw=True, options={"max_tokens": 1})
+    b = batcher(engine)
+    b.max_unread, b.stall_after = 16, 0.01
+    long = {"temperature": 0, "max_tokens": 400}
+    stuck = engine.generate_stream("tiny", "the cat", raw=True, options=long)
+    async for chunk in stuck:
+        if chunk.text:
+            break  # read one, then nothing for a while
+    other = await engine.generate("tiny", "a word", raw=True, options=long)
+    assert other.stats.eval_count == 400  # the decode steps never waited for the stuck one
+    rest = [c async for c in stuck]
+    assert rest[-1].done_reason == "cancel"
+    assert len(rest) - 1 < 400 - 16  # what it buffered is bounded, not the whole answer
+    assert not b._running
+
+
 async def test_a_full_cache_preempts_and_truncates_nobody(tmp_path: Path) -> None:
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=256)
     settings = ff.Settings(home=tmp_path / "home", num_parallel=4, num_ctx=256, threads=1)

@@ -32,8 +32,17 @@ from ..errors import ContextOverflow, InferenceError
 from ..schema import Chunk, InferenceOptions, Stats
 from ..worker import Worker, _post, _settle, bridged
 from .llama_runtime import DEFAULTS
-from .llama_sampling import sampler_chain
+from .llama_sampling import common_prefix, sampler_chain
 from .stops import StopMatcher
+
+
+@dataclass(eq=False)
+class _Reader:
+    """What the reader of a sequence has taken, written only on the event loop's side: the
+    worker compares it with what it sent, so a reader that stopped reading is found."""
+
+    taken: int = 0
+    last: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -47,6 +56,8 @@ class _Seq:
     finished: Callable[[BaseException | None], None]
     cancel: threading.Event
     stop: list[str]
+    reader: _Reader
+    emitted: int = 0  # chunks sent to the reader (only the worker thread writes it)
     prompt_count: int = 0
     cached: int = 0  # prompt tokens found in the KV cache, not evaluated again
     id: int = -1  # its seq_id while admitted
@@ -101,6 +112,7 @@ class Batcher:
         # what ran: steps, and sequences carried (tests and /metrics read them)
         self.steps = self.carried = self.preempted = self.busy_steps = self.busy_carried = 0
         self.widths: Counter[int] = Counter()  # steps by the sequences they carried
+        self.max_unread, self.stall_after = 256, 30.0  # a reader stuck this long is cut
         # set to {} to record each sequence's top-2 logit gaps, by prompt (tests compare
         # batched answers with lone ones up to the first near-tie)
         self.gaps: dict[tuple[int, ...], list[float]] | None = None
@@ -124,7 +136,7 @@ class Batcher:
         if (most := o.get("max_tokens")) is not None and most >= 0:
             budget = min(budget, most)
         chain = sampler_chain(self._vocab, self._n_vocab, o, options.seed, grammar)
-        cancel = threading.Event()
+        cancel, reader = threading.Event(), _Reader()
         loop = asyncio.get_running_loop()
 
         async def work(report: Callable[[Chunk], None]) -> None:
@@ -137,6 +149,7 @@ class Batcher:
                 finished=lambda e: _post(loop, _settle, done, None, e),
                 cancel=cancel,
                 stop=list(options.stop),
+                reader=reader,
             )
             self._submit(seq)
             await done
@@ -145,6 +158,7 @@ class Batcher:
             yield Chunk(stats=Stats(prompt_eval_count=len(tokens)))
             async for chunk in bridged(work):
                 yield chunk
+                reader.taken, reader.last = reader.taken + 1, time.monotonic()
         finally:
             cancel.set()
 
@@ -199,7 +213,7 @@ class Batcher:
         """A seq id for ``tokens`` and how many of them its KV cells already hold."""
         best, common = -1, 0
         for sid, held in self._cached.items():
-            n = _common(held, tokens)
+            n = common_prefix(held, tokens)
             if n > common:
                 best, common = sid, n
         if best >= 0:
@@ -288,7 +302,10 @@ class Batcher:
         seq.budget -= 1
         if text := seq.matcher.feed(seq.decoder.decode(self._piece(token))):
             seq.emit(Chunk(text))
-        if seq.matcher.stopped:
+            seq.emitted += 1
+        if self._stuck(seq):  # its reader stopped reading: what it left waiting is bounded
+            self._finish(seq, "cancel")
+        elif seq.matcher.stopped:
             self._finish(seq, "stop")
         elif seq.budget <= 0:
             self._finish(seq, "length")
@@ -296,6 +313,12 @@ class Batcher:
             self._finish(seq, "cancel")
         else:
             seq.next = token
+
+    def _stuck(self, seq: _Seq) -> bool:
+        """Whether ``seq``'s reader has left ``max_unread`` chunks unread for ``stall_after``
+        seconds: the decode step never waits for a reader, so one that is stuck is cut."""
+        unread = seq.emitted - seq.reader.taken
+        return unread >= self.max_unread and time.monotonic() - seq.reader.last > self.stall_after
 
     def _finish(self, seq: _Seq, reason: str) -> None:
         self._release(seq, keep=True)
@@ -373,13 +396,3 @@ class Batcher:
         self._closed = True
         llama_cpp.llama_batch_free(self._batch)
         self._ctx.close()  # type: ignore[no-untyped-call]
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of ``a`` and ``b``."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

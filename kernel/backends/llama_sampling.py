@@ -1,4 +1,5 @@
-"""Per-sequence sampling for the llama.cpp batcher: one ``llama_sampler`` chain each."""
+"""Per-sequence helpers of the llama.cpp batcher: its sampler chain, and the prefix it
+shares with a cached prompt."""
 
 from __future__ import annotations
 
@@ -47,3 +48,13 @@ def sampler_chain(
     for p in parts:
         llama_cpp.llama_sampler_chain_add(chain, p)  # the chain owns them now
     return chain
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
