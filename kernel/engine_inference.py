@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UnsupportedTask
 from .hooks import Hooks, InferenceEvent, current_client, current_request_id
@@ -43,15 +43,16 @@ class EngineInference:
     hooks: Hooks
     generated_tokens: int
 
-    def _lease(
-        self,
-        model: str | Manifest,
-        wanted: LoadOptions | None = None,
-        keep_alive: KeepAlive = None,
-        options: InferenceOptions | None = None,
-        priority: int = 0,
-    ) -> AbstractAsyncContextManager[Lease]:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+
+        def _lease(
+            self,
+            model: str | Manifest,
+            wanted: LoadOptions | None = None,
+            keep_alive: KeepAlive = None,
+            options: InferenceOptions | None = None,
+            priority: int = 0,
+        ) -> AbstractAsyncContextManager[Lease]: ...
 
     async def stream(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .progress import Progress, ProgressCallback, ignore
 from .pulls import Pulls
@@ -25,8 +25,9 @@ class EngineStore:
     store: Store
     pulls: Pulls
 
-    async def unload(self, model: str) -> bool:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+
+        async def unload(self, model: str) -> bool: ...
 
     async def list(self) -> list[Manifest]:
         """Every model in the store, by name."""

@@ -193,7 +193,7 @@ def prepare(
 
 
 class PrepareBody(Body):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=500)
 
 
 def _static(path: Path) -> Response:

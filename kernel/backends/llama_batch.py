@@ -31,7 +31,7 @@ from llama_cpp import _internals
 from ..errors import ContextOverflow, InferenceError
 from ..schema import Chunk, InferenceOptions, Stats
 from ..worker import Worker, _post, _settle, bridged
-from .llama_runtime import DEFAULTS
+from .llama_runtime import sampling
 from .llama_sampling import common_prefix, sampler_chain
 from .stops import StopMatcher
 
@@ -131,10 +131,7 @@ class Batcher:
         limit = min(self.n_ctx, n_ctx or self.n_ctx)
         if len(tokens) >= limit:
             raise ContextOverflow(len(tokens), limit)
-        o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
-        budget = limit - len(tokens)
-        if (most := o.get("max_tokens")) is not None and most >= 0:
-            budget = min(budget, most)
+        o, budget = sampling(options, limit - len(tokens))
         chain = sampler_chain(self._vocab, self._n_vocab, o, options.seed, grammar)
         cancel, reader = threading.Event(), _Reader()
         loop = asyncio.get_running_loop()

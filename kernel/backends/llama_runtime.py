@@ -94,6 +94,14 @@ DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty":
 RANDOM_SEED = 0xFFFFFFFF
 
 
+def sampling(options: InferenceOptions, room: int) -> tuple[dict[str, Any], int]:
+    """A request's sampling settings over the defaults, and how many tokens it may make in
+    ``room`` (the context left after its prompt), ``max_tokens`` counted."""
+    o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
+    most = o.get("max_tokens")
+    return o, room if most is None or most < 0 else min(room, most)
+
+
 class LlamaRuntime:
     def __init__(
         self,
@@ -248,10 +256,7 @@ class LlamaRuntime:
         grammar = self.grammar(fmt)
         yield Chunk(stats=Stats(prompt_eval_count=len(tokens)))  # counted even if cut short
         answer: list[int] = []
-        o = {**DEFAULTS, **options.model_dump(exclude_none=True)}
-        budget = n_ctx - len(tokens)
-        if (limit := o.get("max_tokens")) is not None and limit >= 0:
-            budget = min(budget, limit)
+        o, budget = sampling(options, n_ctx - len(tokens))
         self.llm.set_seed(RANDOM_SEED if options.seed is None else options.seed & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(options.stop)
