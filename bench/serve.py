@@ -13,8 +13,10 @@ Peers, each alone in its own process, rounds alternating, medians compared:
 Printed as ratios measured in the same run (issue 13's targets): aggregate tokens/s of
 64-token /v1/completions at 1, 4 and 8 concurrent clients (≥ 0.9 of llama-server; ≥ 4× of
 llama_cpp.server at 4), p50 time to first token at 4 clients (≤ 1.2 × llama-server's), and
-a chat's second turn against its first (≤ 0.5: the cached prefix). Also the single stream
-over HTTP against raw in-process llama.cpp. Not a test: these machines are shared and noisy.
+a chat's second turn against its first (≤ 0.5: the cached prefix), and embeddings (minilm:l6
+on onnx) from 8 concurrent clients against the same requests one after another (≥ 3). Also
+the single stream over HTTP against raw in-process llama.cpp. Not a test: these machines
+are shared and noisy.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ PROMPTS = [
     "What should a traveller pack for a week of hiking in rainy northern forests:",
 ]
 TOKENS = 64
+SENTENCES = [  # 5-15 words each, one per embedding client
+    "The cat sat on the warm mat by the door",
+    "Stocks fell sharply on Monday morning",
+    "She reads a book every evening before she goes to bed",
+    "Rain is expected tomorrow in the north",
+    "He plays the guitar in a small band with his old friends",
+    "The train to Paris leaves at nine",
+    "A kitten sleeps in the afternoon sun on the porch",
+    "Machine learning models need a lot of good data",
+]
 LLAMA_SERVER = os.environ.get(
     "FORGE_LLAMA_SERVER",
     os.path.expanduser("~/.cache/ferrousforge/llama-server-0.3.36/llama-server"),
@@ -153,6 +165,43 @@ def load(url: str, model: str, clients: int, per_client: int) -> dict[str, float
     }
 
 
+def embeddings(url: str, model: str, repeat: int = 10) -> tuple[float, float]:
+    """Requests/s of 8 clients each embedding one sentence at a time, all at once, and of
+    the same requests sent one after another."""
+
+    def send(c: httpx.Client, text: str) -> None:
+        r = c.post(url + "/v1/embeddings", json={"model": model, "input": text})
+        r.raise_for_status()
+
+    with client() as c:
+        send(c, SENTENCES[0])  # loads the model
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for text in SENTENCES:
+                send(c, text)
+        alone = repeat * len(SENTENCES) / (time.perf_counter() - start)
+    https = [client() for _ in SENTENCES]
+    gate = threading.Barrier(len(SENTENCES) + 1)
+
+    def one_client(c: httpx.Client, text: str) -> None:
+        gate.wait()
+        for _ in range(repeat):
+            send(c, text)
+
+    pairs = zip(https, SENTENCES, strict=True)
+    threads = [threading.Thread(target=one_client, args=a) for a in pairs]
+    for t in threads:
+        t.start()
+    gate.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    together = repeat * len(SENTENCES) / (time.perf_counter() - start)
+    for c in https:
+        c.close()
+    return together, alone
+
+
 def chat_turns(url: str, model: str) -> tuple[float, float]:
     """Time to first token of a chat's first turn and of its second (after the answer)."""
     history = [{"role": "user", "content": PROMPTS[0] * 4}]  # a long first turn
@@ -240,12 +289,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--llama-server", default=LLAMA_SERVER)
     ap.add_argument("--no-python-peer", action="store_true", help="skip llama_cpp.server")
+    ap.add_argument(
+        "--embed-model", default="minilm:l6", help="the encoder of the embeddings run ('' skips)"
+    )
     args = ap.parse_args()
 
     import ferrousforge as ff
 
     with ff.Engine(ff.Settings()) as engine:
         path = engine.pull(args.model).path
+        if args.embed_model:  # its ONNX form, converted once
+            engine.pull(args.embed_model)
+            embed_form = engine.load(args.embed_model, backend="onnx").name
     env = os.environ | {"FORGE_NUM_CTX": str(args.ctx), "FORGE_THREADS": str(args.threads)}
     py, n, threads = sys.executable, str(args.parallel), str(args.threads)
     peers: dict[str, list[str]] = {
@@ -280,6 +335,8 @@ def main() -> None:
                 if name == "forge":
                     stream_ttft(url, args.model)  # the first call of a route pays once
                     row["http"] = sorted(stream_ttft(url, args.model) for _ in range(3))[1]
+                    if args.embed_model:
+                        row["embed"] = embeddings(url, embed_form)
                 results[name].append(row)
 
     def med(name: str, clients: int, field: str) -> float:
@@ -309,6 +366,13 @@ def main() -> None:
     if "llama-server" in results:
         ttft = med("forge", 4, "ttft") / med("llama-server", 4, "ttft")
         print(f"p50 time to first token at 4 clients, ratio to llama-server: {ttft:.2f} (<= 1.2)")
+    if args.embed_model:
+        together = statistics.median(r["embed"][0] for r in results["forge"])
+        alone = statistics.median(r["embed"][1] for r in results["forge"])
+        print(
+            f"embeddings ({embed_form}, onnx): 8 clients at once {together:.0f} req/s, one "
+            f"after another {alone:.0f} req/s, ratio {together / alone:.2f} (>= 3)"
+        )
     for name in ("forge", "llama-server"):
         if name in results:
             first = statistics.median(r["turns"][0] for r in results[name])

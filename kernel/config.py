@@ -65,8 +65,12 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     keep_alive: float = Field(300.0, description="seconds a model stays loaded after use")
     max_loaded_models: int = Field(3, ge=1)
-    num_parallel: int = Field(
-        1, ge=1, le=256, description="requests a model that batches serves at once"
+    num_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="requests a model that batches serves at once; None: its backend's "
+        "default (llama.cpp 4, like llama-server; sentence encoders 16)",
     )
     model_parallel: dict[str, int] = Field(
         default_factory=dict, description="num_parallel per model name, over the default"
@@ -85,6 +89,15 @@ class Settings(BaseSettings):
     )
     onnx_io_binding: bool | None = Field(
         None, description="bind ONNX inputs and outputs to the device; None: on for GPUs"
+    )
+    stream_buffer: int = Field(
+        256,
+        ge=1,
+        description="tokens held for a stream's reader that falls behind; a batched "
+        "model cuts one that leaves this many unread for send_timeout seconds",
+    )
+    embed_batch_wait: float = Field(
+        0.002, ge=0, le=1, description="seconds an idle encoder gathers embed requests to batch"
     )
     log_level: str = "WARNING"
 

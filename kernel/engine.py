@@ -26,7 +26,7 @@ from .hooks import Hooks, ModelEvent
 from .interface import KeepAlive, LoadedModel, Messages
 from .limits import Limits
 from .loading import default_options, grows, model_defaults, overridden
-from .mold import Device, LoadOptions, Mold
+from .mold import Device, LoadOptions, Mold, Occupancy
 from .progress import ProgressCallback, ignore
 from .pulls import Pulls
 from .runstate import RunState
@@ -51,6 +51,7 @@ class EngineStats:
     loaded: list[LoadedModel]
     queued: int
     generated_tokens: int
+    occupancy: dict[str, Occupancy]  # by model name
 
 
 class AsyncEngine(EngineInference, EngineStore):
@@ -86,7 +87,6 @@ class AsyncEngine(EngineInference, EngineStore):
         self.backends = backends or Backends.discover()
         self.scheduler = Scheduler(
             max_loaded=s.max_loaded_models,
-            num_parallel=s.num_parallel,
             max_queue=s.max_queue,
             # mmap'd weights count as "available" RAM, so loaded models are also charged
             # against a budget: max_memory, by default all of RAM.
@@ -153,15 +153,17 @@ class AsyncEngine(EngineInference, EngineStore):
             backend, device = choose(manifest, self.backends, opts)
             return backend.open(manifest, device, opts)
 
-        async with self.scheduler.acquire(
-            key, factory, keep_alive=seconds, priority=priority, parallel=opts.parallel
-        ) as lease:
-            if lease.load_duration or key not in self._loaded_with:  # remember what is loaded
-                self._loaded_with[key] = opts
-            self._held.setdefault(key, manifest)
+        try:
+            async with self.scheduler.acquire(
+                key, factory, keep_alive=seconds, priority=priority
+            ) as lease:
+                if lease.load_duration or key not in self._loaded_with:  # what is loaded
+                    self._loaded_with[key] = opts
+                self._held.setdefault(key, manifest)
+                self._publish()
+                yield lease
+        finally:  # a request that failed or was cancelled ends its lease too
             self._publish()
-            yield lease
-        self._publish()
 
     def _defaults_for(self, key: str) -> LoadOptions:
         return model_defaults(self._defaults, self.settings, key)
@@ -251,21 +253,30 @@ class AsyncEngine(EngineInference, EngineStore):
 
     def stats(self) -> EngineStats:
         """The live numbers for gauges; cheap, and safe to call from the engine's loop."""
-        return EngineStats(self.loaded(), self.scheduler.queued, self.generated_tokens)
+        now = {key: r.mold.occupancy() for key, r in self.scheduler.runners.items()}
+        return EngineStats(self.loaded(now), self.scheduler.queued, self.generated_tokens, now)
 
-    def loaded(self) -> list[LoadedModel]:
-        return [
-            LoadedModel(
-                r.key,
-                r.mold.backend,
-                r.mold.device,
-                r.mold.memory,
-                r.mold.context_length,
-                self.scheduler.expires_in(r),
-                r.refs,
+    def loaded(self, occupancy: dict[str, Occupancy] | None = None) -> list[LoadedModel]:
+        rows = []
+        for key, r in self.scheduler.runners.items():
+            o = occupancy[key] if occupancy is not None else r.mold.occupancy()
+            rows.append(
+                LoadedModel(
+                    key,
+                    r.mold.backend,
+                    r.mold.device,
+                    r.mold.memory,
+                    r.mold.context_length,
+                    self.scheduler.expires_in(r),
+                    r.refs,
+                    r.slots.capacity,
+                    o.running,
+                    o.kv_used,
+                    o.kv_cached,
+                    o.kv_total,
+                )
             )
-            for r in self.scheduler.runners.values()
-        ]
+        return rows
 
     def _row_for(self, mold: Mold) -> LoadedModel:
         return LoadedModel(

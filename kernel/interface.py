@@ -34,7 +34,12 @@ class LoadedModel:
     memory: int
     context_length: int
     expires_in: float | None  # seconds; None while in use or kept forever
-    in_use: int
+    in_use: int  # requests holding it, running or waiting for a slot
+    slots: int = 1  # requests it serves at once
+    running: int = 0  # sequences in its batches now
+    kv_used: int = 0  # KV cells the running sequences hold (llama.cpp)
+    kv_cached: int = 0  # KV cells kept for finished requests' prompts
+    kv_total: int = 0
 
 
 @runtime_checkable

@@ -36,10 +36,26 @@ class LoadOptions:
     gpu_layers: int | None = None  # None: all layers on a GPU device, none on cpu
     num_ctx: int | None = None
     threads: int | None = None
-    parallel: int | None = None  # requests at once, for a Mold that batches (its tasks say)
+    parallel: int | None = None  # requests at once, for a Mold that batches; None: its default
     cache_dir: Path | None = None  # where a backend keeps what it compiles (the store's cache/)
     # The engine's settings: each backend reads its own knobs there (onnx_optimization, ...).
     settings: Settings = field(default_factory=Settings)
+
+
+@dataclass(slots=True)
+class Occupancy:
+    """How busy a Mold is, for ``ps`` and ``/metrics``. One that batches (``"batch"`` in its
+    tasks) serves ``slots`` requests at once; the last four fields are counters."""
+
+    slots: int = 1
+    running: int = 0  # sequences or requests in its batches now
+    kv_used: int = 0  # KV cells the running sequences hold
+    kv_cached: int = 0  # KV cells kept for the prompts of finished requests
+    kv_total: int = 0
+    batches: int = 0  # decode steps or forward passes run
+    widths: dict[int, int] = field(default_factory=dict)  # batches by requests carried
+    cache_hits: int = 0  # requests that reused a cached prompt prefix
+    cached_tokens: int = 0  # prompt tokens those did not evaluate again
 
 
 @runtime_checkable
@@ -60,6 +76,7 @@ class Mold(Protocol):
     def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]: ...
     async def tokenize(self, text: str) -> list[int]: ...
     async def detokenize(self, ids: Sequence[int]) -> str: ...
+    def occupancy(self) -> Occupancy: ...
 
 
 class Backend(Protocol):

@@ -2,9 +2,10 @@
 
 Lazy load on first use; ``keep_alive`` per request (0 unloads at once, negative never);
 at most ``max_loaded`` models, evicting the least recently used idle one; a memory budget
-checked before each load; ``num_parallel`` slots per model and one bounded, prioritized
-FIFO queue. Its collaborators (the Mold factory, the memory probe and the clock) are
-parameters, so tests drive eviction and expiry in milliseconds.
+checked before each load; as many slots per model as it serves at once (its
+``occupancy().slots`` if it batches, else one) and one bounded, prioritized FIFO queue.
+Its collaborators (the Mold factory, the memory probe and the clock) are parameters, so
+tests drive eviction and expiry in milliseconds.
 """
 
 from __future__ import annotations
@@ -94,7 +95,6 @@ class Scheduler:
         self,
         *,
         max_loaded: int = 3,
-        num_parallel: int = 1,
         max_queue: int = 512,
         max_memory: int | None = None,
         default_keep_alive: float = 300.0,
@@ -103,7 +103,7 @@ class Scheduler:
         on_load: Callable[[Runner], None] | None = None,
         on_unload: Callable[[Runner], None] | None = None,
     ) -> None:
-        self.max_loaded, self.num_parallel, self.max_queue = max_loaded, num_parallel, max_queue
+        self.max_loaded, self.max_queue = max_loaded, max_queue
         self.max_memory, self.default_keep_alive = max_memory, default_keep_alive
         self._probe, self._clock = memory_probe, clock
         self._on_load, self._on_unload = on_load, on_unload
@@ -127,11 +127,8 @@ class Scheduler:
         *,
         keep_alive: float | None = None,
         priority: int = 0,
-        parallel: int | None = None,
     ) -> AsyncIterator[Lease]:
-        """Hold one slot of model ``key``, loading it first if needed. A model that
-        batches (``"batch"`` in its tasks) gets ``parallel`` slots (default
-        ``num_parallel``) when loaded here; every other model serves one request at once."""
+        """Hold one slot of model ``key``, loading it first if needed."""
         if self._queued >= self.max_queue:
             raise QueueFull(
                 f"server busy: {self._queued} requests queued (max_queue={self.max_queue}); "
@@ -147,7 +144,7 @@ class Scheduler:
                     # request's load must not evict it before this one takes its reference.
                     self._claims[key] = self._claims.get(key, 0) + 1
                     try:
-                        runner, loaded_here = await self._ensure_loaded(key, factory, parallel)
+                        runner, loaded_here = await self._ensure_loaded(key, factory)
                     finally:
                         self._claims[key] -= 1
                         if not self._claims[key]:
@@ -169,9 +166,7 @@ class Scheduler:
             runner.slots.release()
             await self._release(runner, keep_alive)
 
-    async def _ensure_loaded(
-        self, key: str, factory: MoldFactory, parallel: int | None
-    ) -> tuple[Runner, bool]:
+    async def _ensure_loaded(self, key: str, factory: MoldFactory) -> tuple[Runner, bool]:
         """The runner of ``key``, loading it if needed; True when this call started the load.
 
         The load is a task of its own, awaited through ``shield``: a waiter that times out
@@ -185,7 +180,7 @@ class Scheduler:
             task = None
         started = task is None
         if task is None:
-            loading = self._load_in_turn(key, factory, parallel)
+            loading = self._load_in_turn(key, factory)
             task = asyncio.get_running_loop().create_task(loading)
             self._loading[key] = task
             task.add_done_callback(lambda t: self._loaded(key, t))
@@ -203,11 +198,11 @@ class Scheduler:
         if not task.cancelled():
             task.exception()  # retrieved: a load nobody waits for any more is not an error
 
-    async def _load_in_turn(self, key: str, factory: MoldFactory, parallel: int | None) -> Runner:
+    async def _load_in_turn(self, key: str, factory: MoldFactory) -> Runner:
         async with self._load_lock:  # one load at a time: each sees the others' memory
-            return await self._load(key, factory, parallel)
+            return await self._load(key, factory)
 
-    async def _load(self, key: str, factory: MoldFactory, parallel: int | None) -> Runner:
+    async def _load(self, key: str, factory: MoldFactory) -> Runner:
         mold = await factory()
         need = mold.memory
         while True:
@@ -229,7 +224,7 @@ class Scheduler:
             with contextlib.suppress(Exception):  # free what a half-done load holds
                 await asyncio.shield(mold.unload())
             raise
-        slots = Slots((parallel or self.num_parallel) if "batch" in mold.tasks else 1)
+        slots = Slots(max(1, mold.occupancy().slots) if "batch" in mold.tasks else 1)
         runner = Runner(key, mold, slots, time.perf_counter_ns() - start)
         runner.last_used = self._clock()
         if self.default_keep_alive >= 0:  # reaped like any idle model if nobody claims it

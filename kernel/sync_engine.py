@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from .config import Settings
-from .engine import AsyncEngine
+from .engine import AsyncEngine, EngineStats
 from .interface import ChunkStream, KeepAlive, LoadedModel, Messages
 from .mold import Device
 from .progress import ProgressCallback, ignore
@@ -190,6 +190,14 @@ class Engine:
 
     def ps(self) -> list[LoadedModel]:
         return self._loop.run(self._engine.ps())
+
+    def stats(self) -> EngineStats:
+        """The live numbers ``/metrics`` reads: models, queue, batches by their width."""
+
+        async def read() -> EngineStats:
+            return self._engine.stats()
+
+        return self._loop.run(read())
 
     def devices(self) -> list[Device]:
         return self._loop.run(self._engine.devices())

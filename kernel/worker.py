@@ -172,3 +172,15 @@ def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) 
         fut.set_exception(error)
     else:
         fut.set_result(result)
+
+
+async def uncancellable(fut: asyncio.Future[None]) -> None:
+    """Wait for ``fut`` through any number of cancellations, then raise the first one."""
+    cancelled: asyncio.CancelledError | None = None
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError as e:
+            cancelled = cancelled or e
+    if cancelled is not None:
+        raise cancelled

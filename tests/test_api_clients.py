@@ -63,13 +63,22 @@ def test_ollama_generate_stream_and_not(oll: Any) -> None:
     assert parts[-1].eval_count == 12
 
 
-def test_ollama_chat_stream_and_not(oll: Any) -> None:
+def prompt_counts(server: Running, route: str, body: dict[str, Any]) -> tuple[int, int]:
+    """The prompt tokens a request evaluated and those it found in the prompt cache."""
+    r = httpx.post(server.url + route, json=body | {"stream": False}, timeout=30).json()
+    return r["prompt_eval_count"], r.get("prompt_cached", 0)
+
+
+def test_ollama_chat_stream_and_not(oll: Any, server: Running) -> None:
     msgs = [{"role": "user", "content": "hi"}]
     whole = oll.chat(model="tiny", messages=msgs, options=GREEDY)
     assert whole.message.role == "assistant" and whole.message.content
     parts = list(oll.chat(model="tiny", messages=msgs, options=GREEDY, stream=True))
     assert "".join(p.message.content for p in parts) == whole.message.content
-    assert parts[-1].done and parts[-1].prompt_eval_count == whole.prompt_eval_count
+    # the same prompt again: all of it but its last token comes from the prompt cache
+    evaluated, cached = prompt_counts(server, "/api/chat", {"model": "tiny", "messages": msgs})
+    assert parts[-1].done and parts[-1].prompt_eval_count == evaluated == 1
+    assert whole.prompt_eval_count <= evaluated + cached and cached > 1
 
 
 def test_ollama_embed_list_show_ps(oll: Any) -> None:
@@ -189,25 +198,19 @@ def test_json_format_and_schema_are_enforced(oll: Any, oai: Any) -> None:
     assert json.loads(out.choices[0].message.content or "") in ("yes", "no")
 
 
-def test_template_override_and_context(oll: Any) -> None:
+def test_template_override_and_context(oll: Any, server: Running) -> None:
     by_template = oll.generate(
         model="tiny", prompt="hot", template="Q: {{ .Prompt }} A:", options=GREEDY
     )
     by_hand = oll.generate(model="tiny", prompt="Q: hot A:", raw=True, options=GREEDY)
     assert by_template.response == by_hand.response
     first = oll.generate(model="tiny", prompt="the hot word", raw=True, options=GREEDY)
-    more = oll.generate(
-        model="tiny", prompt=" and", raw=True, context=first.context, options=GREEDY
-    )
-    assert (
-        more.prompt_eval_count
-        == len(first.context or [])
-        + len(
-            oll.generate(model="tiny", prompt=" and", raw=True, options={"num_predict": 0}).context
-            or []
-        )
-        - 1
-    )  # the continuation carries no second BOS
+    body = {"model": "tiny", "prompt": " and", "raw": True, "context": first.context}
+    evaluated, cached = prompt_counts(server, "/api/generate", body | {"options": GREEDY})
+    alone = oll.generate(model="tiny", prompt=" and", raw=True, options={"num_predict": 0})
+    # the continuation carries no second BOS; the first answer's cells are reused
+    assert evaluated + cached == len(first.context or []) + len(alone.context or []) - 1
+    assert cached >= len(first.context or []) - 1
 
 
 def test_streaming_wire_format(server: Running) -> None:

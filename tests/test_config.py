@@ -24,7 +24,7 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("FORGE_CONFIG", str(tmp_path / "missing.toml"))
     monkeypatch.delenv("FORGE_KEEP_ALIVE", raising=False)
     s = load_settings()
-    assert s.keep_alive == 300 and s.num_parallel == 1
+    assert s.keep_alive == 300 and s.num_parallel is None  # each backend's own default
 
 
 def test_precedence(toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:

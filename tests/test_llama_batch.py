@@ -198,19 +198,22 @@ async def test_a_chats_next_turn_evaluates_only_its_new_tokens(tmp_path: Path) -
 async def test_parallel_is_a_per_model_setting_and_a_load_option(tmp_path: Path) -> None:
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
     settings = ff.Settings(home=tmp_path / "home", model_parallel={"tiny": 3}, threads=1)
-    e = ff.AsyncEngine(settings)  # num_parallel stays 1: only tiny batches
-    await e.pull(str(gguf), name="tiny")
-    await e.pull(str(gguf), name="other")
+    e = ff.AsyncEngine(settings)  # num_parallel unset: llama.cpp's default of 4
+    for name in ("tiny", "other", "single"):
+        await e.pull(str(gguf), name=name)
     try:
         await e.generate("tiny", "a", raw=True, options={"max_tokens": 1})
         await e.generate("other", "a", raw=True, options={"max_tokens": 1})
+        await e.load("single", parallel=1)
         runners = e.scheduler.runners
         assert runners["tiny:latest"].slots.capacity == 3
         assert "batch" in runners["tiny:latest"].mold.tasks
-        assert runners["other:latest"].slots.capacity == 1
-        assert "batch" not in runners["other:latest"].mold.tasks
+        assert runners["other:latest"].slots.capacity == 4
+        assert runners["single:latest"].slots.capacity == 1  # one at a time, no batcher
+        assert "batch" not in runners["single:latest"].mold.tasks
         await e.load("other", parallel=2)  # asked at load: reloaded with two slots
         assert runners["other:latest"].slots.capacity == 2
+        assert {r.name: r.slots for r in await e.ps()}["other:latest"] == 2
     finally:
         await e.close()
 

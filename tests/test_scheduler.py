@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ferrousforge.errors import InsufficientMemory, QueueFull
-from ferrousforge.mold import Mold
+from ferrousforge.mold import Mold, Occupancy
 from ferrousforge.scheduler import Scheduler
 from ferrousforge.schema import Chunk, ModelMetadata, Request, Result
 
@@ -23,8 +23,8 @@ class FakeMold:
     tasks = frozenset({"generate", "batch"})
     context_length = 128
 
-    def __init__(self, name: str, memory: int, log: list[str]) -> None:
-        self.name, self.memory, self._log = name, memory, log
+    def __init__(self, name: str, memory: int, log: list[str], slots: int = 1) -> None:
+        self.name, self.memory, self._log, self.slots = name, memory, log, slots
         self.metadata = ModelMetadata(name=name)
         self._loaded = False
 
@@ -47,6 +47,9 @@ class FakeMold:
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         return ""
+
+    def occupancy(self) -> Occupancy:
+        return Occupancy(self.slots)
 
 
 class Clock:
@@ -72,9 +75,9 @@ def make(clock: Clock, **kw: object) -> Scheduler:
     return Scheduler(**(defaults | kw))  # type: ignore[arg-type]
 
 
-def factory(name: str, log: list[str], memory: int = 100 * MB):
+def factory(name: str, log: list[str], memory: int = 100 * MB, slots: int = 1):
     async def open_mold() -> Mold:
-        return FakeMold(name, memory, log)
+        return FakeMold(name, memory, log, slots)
 
     return open_mold
 
@@ -179,7 +182,7 @@ async def test_busy_model_is_not_evicted(clock: Clock, log: list[str]) -> None:
 
 
 async def test_queue_limit_and_priority(clock: Clock, log: list[str]) -> None:
-    s = make(clock, num_parallel=1, max_queue=2)
+    s = make(clock, max_queue=2)
     order: list[str] = []
     gate = asyncio.Event()
 
@@ -220,21 +223,21 @@ async def peak(s: Scheduler, key: str, make_mold: Any, jobs: int) -> int:
 
 
 async def test_parallel_slots(clock: Clock, log: list[str]) -> None:
-    s = make(clock, num_parallel=2)
-    assert await peak(s, "a", factory("a", log), 6) == 2
+    s = make(clock)
+    assert await peak(s, "a", factory("a", log, slots=2), 6) == 2
     assert log == ["load a"]
 
 
 async def test_a_model_that_does_not_batch_gets_one_slot(clock: Clock, log: list[str]) -> None:
-    s = make(clock, num_parallel=4)
+    s = make(clock)
 
     async def serial() -> Mold:
-        mold = FakeMold("enc", 1, log)
+        mold = FakeMold("enc", 1, log, slots=4)
         mold.tasks = frozenset({"generate"})  # no "batch": one request at a time
         return mold
 
     assert await peak(s, "enc", serial, 4) == 1
-    async with s.acquire("a", factory("a", log), parallel=3):  # a batching model: 3 slots
+    async with s.acquire("a", factory("a", log, slots=3)):  # a batching model: 3 slots
         assert s.runners["a"].slots.capacity == 3
 
 

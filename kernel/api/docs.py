@@ -135,6 +135,12 @@ class PsEntry(BaseModel):
     expires_at: str
     size_vram: int
     context_length: int
+    # not Ollama's: requests served at once, sequences running, KV cells (llama.cpp)
+    slots: int = 1
+    running: int = 0
+    kv_used: int = 0
+    kv_cached: int = 0
+    kv_total: int = 0
 
 
 class Ps(BaseModel):

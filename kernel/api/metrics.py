@@ -110,6 +110,45 @@ def _live(stats: Callable[[], EngineStats]) -> Any:
                 memory.add_metric([m.name, m.backend, m.device], m.memory)
             tokens = CounterMetricFamily("forge_generated_tokens", "tokens generated, live")
             tokens.add_metric([], now.generated_tokens)
-            yield from (queue, count, memory, tokens)
+            yield from (queue, count, memory, tokens, *_batching(now))
 
     return Live()
+
+
+def _batching(now: EngineStats) -> Iterator[Metric]:
+    """Slots, running sequences, KV cells, batch widths and prompt-cache hits per model:
+    the labels stay bounded (models, cell states, widths up to a model's sequences)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    slots = GaugeMetricFamily("forge_slots", "requests a model serves at once", labels=["model"])
+    running = GaugeMetricFamily(
+        "forge_running_sequences", "sequences in a model's batches now", labels=["model"]
+    )
+    kv = GaugeMetricFamily(
+        "forge_kv_cells", "KV cache cells by state (llama.cpp)", labels=["model", "state"]
+    )
+    batches = CounterMetricFamily(
+        "forge_batches", "decode steps or forward passes", labels=["model"]
+    )
+    widths = CounterMetricFamily(
+        "forge_batch_width", "batches by the requests they carried", labels=["model", "width"]
+    )
+    hits = CounterMetricFamily(
+        "forge_prompt_cache_hits", "requests that reused a cached prompt", labels=["model"]
+    )
+    reused = CounterMetricFamily(
+        "forge_prompt_cache_tokens", "prompt tokens reused, not evaluated", labels=["model"]
+    )
+    for name, o in now.occupancy.items():
+        slots.add_metric([name], o.slots)
+        running.add_metric([name], o.running)
+        if o.kv_total:
+            free = o.kv_total - o.kv_used - o.kv_cached
+            for state, cells in (("used", o.kv_used), ("cached", o.kv_cached), ("free", free)):
+                kv.add_metric([name, state], cells)
+        batches.add_metric([name], o.batches)
+        for width, n in sorted(o.widths.items()):
+            widths.add_metric([name, str(width)], n)
+        hits.add_metric([name], o.cache_hits)
+        reused.add_metric([name], o.cached_tokens)
+    yield from (slots, running, kv, batches, widths, hits, reused)

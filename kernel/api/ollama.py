@@ -307,6 +307,11 @@ async def ps(request: Request) -> dict[str, Any]:
                 "expires_at": iso(time.time() + left),
                 "size_vram": 0 if r.device == "cpu" else r.memory,
                 "context_length": r.context_length,
+                "slots": r.slots,
+                "running": r.running,
+                "kv_used": r.kv_used,
+                "kv_cached": r.kv_cached,
+                "kv_total": r.kv_total,
             }
         )
     return {"models": rows}

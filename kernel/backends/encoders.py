@@ -21,11 +21,14 @@ from ..errors import (
     UnsupportedTask,
 )
 from ..limits import check_embed_tokens
-from ..mold import Device, LoadOptions
+from ..mold import Device, LoadOptions, Occupancy
 from ..schema import ChatRequest, Chunk, EmbedRequest, GenerateRequest, Request, Result, Stats
 from ..store.formats import max_text_tokens
 from ..store.manifest import Manifest
 from ..worker import Worker
+from .embed_batch import Ask, EmbedBatcher, Vectors
+
+PARALLEL = 16  # requests at once unless set: they are gathered into shared batches
 
 
 @dataclass
@@ -99,7 +102,7 @@ class EncoderMold(abc.ABC):
     everything else (its worker thread, tokenizer, pooling, protocol) is here."""
 
     backend = ""
-    tasks = frozenset({"embed", "tokenize"})
+    tasks = frozenset({"embed", "tokenize", "batch"})  # concurrent requests share batches
     slice_rows = 8  # texts per forward pass, sorted by length (bench/embed.py measures it)
 
     def __init__(self, manifest: Manifest, device: Device, opts: LoadOptions, memory: int):
@@ -108,6 +111,8 @@ class EncoderMold(abc.ABC):
         self.context_length = 512
         self._tok: TextTokenizer | None = None
         self._worker: Worker | None = None
+        self._gather: EmbedBatcher | None = None
+        self._slots = opts.parallel or PARALLEL
 
     @abc.abstractmethod
     def _load_runtime(self) -> None:
@@ -126,13 +131,18 @@ class EncoderMold(abc.ABC):
         self._worker = Worker(f"{self.backend}:{self.name}")
         try:
             await self._worker.call(self._load)
+            wait = self.opts.settings.embed_batch_wait
+            self._gather = EmbedBatcher(self._worker, self._embed_many, wait)
         except BaseException:
             self._worker.close()
             self._worker = None
             raise
 
     async def unload(self) -> None:
-        worker, self._worker, self._tok = self._worker, None, None
+        worker, gather = self._worker, self._gather
+        self._worker = self._tok = self._gather = None
+        if gather is not None:
+            await gather.close()
         if worker is not None:
             await worker.call(self._release)
             # Let the thread finish: a runtime's native thread pool must not outlive it at exit.
@@ -148,37 +158,44 @@ class EncoderMold(abc.ABC):
             raise ModelNotLoaded(f"{self.name} is not loaded")
         return self._tok, self._worker
 
-    def _embed(
-        self, texts: Sequence[str], truncate: bool, max_tokens: int | None = None
-    ) -> tuple[list[list[float]], int]:
-        """Embed in slices of similar length, so short texts are not padded to the longest."""
+    def _embed_many(self, asks: list[Ask]) -> list[Vectors | Exception]:
+        """Several requests' texts as one batch: sorted by length and run in slices, so
+        short texts are not padded to the longest; each request's vectors come back apart."""
         import numpy as np
 
         tok, _ = self._live()
-        batch = tok.encode(texts, truncate)
-        check_embed_tokens(batch.count, max_tokens)
-        lengths = batch.attention_mask.sum(axis=1)
-        order = np.argsort(lengths, kind="stable")
-        vectors: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(texts), self.slice_rows):
-            rows = order[start : start + self.slice_rows]
-            width = max(int(lengths[rows].max()), 1)
-            part = Batch(
-                batch.input_ids[rows, :width],
-                batch.attention_mask[rows, :width],
-                batch.token_type_ids[rows, :width],
-                int(lengths[rows].sum()),
-            )
-            pooled = mean_pool(self._hidden(part), part.attention_mask)
-            for row, vector in zip(rows, pooled, strict=True):
-                vectors[row] = vector
-        return vectors, batch.count
+        results: list[Vectors | Exception] = []
+        rows: list[tuple[list[list[float]], int, Any, Any]] = []  # (its vectors, index, ids, types)
+        for ask in asks:
+            try:
+                batch = tok.encode(ask.texts, ask.truncate)
+                check_embed_tokens(batch.count, ask.max_tokens)
+            except Exception as e:  # this request's own fault: the others go on
+                results.append(e)
+                continue
+            vectors: list[list[float]] = [[] for _ in ask.texts]
+            results.append((vectors, batch.count))
+            for i, n in enumerate(batch.attention_mask.sum(axis=1)):
+                rows.append((vectors, i, batch.input_ids[i, :n], batch.token_type_ids[i, :n]))
+        rows.sort(key=lambda row: len(row[2]))
+        for start in range(0, len(rows), self.slice_rows):
+            part = rows[start : start + self.slice_rows]
+            ids = np.zeros((len(part), max(max(len(r[2]) for r in part), 1)), dtype=np.int64)
+            mask, types = np.zeros_like(ids), np.zeros_like(ids)
+            for k, (_, _, row_ids, row_types) in enumerate(part):
+                ids[k, : len(row_ids)], types[k, : len(row_ids)] = row_ids, row_types
+                mask[k, : len(row_ids)] = 1
+            pooled = mean_pool(self._hidden(Batch(ids, mask, types, int(mask.sum()))), mask)
+            for (vectors, i, _, _), vector in zip(part, pooled, strict=True):
+                vectors[i] = vector
+        return results
 
     async def infer(self, req: Request) -> Result:
         if not isinstance(req, EmbedRequest):
             raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
-        _, worker = self._live()
-        vectors, count = await worker.call(self._embed, req.input, req.truncate, req.max_tokens)
+        if self._gather is None:
+            raise ModelNotLoaded(f"{self.name} is not loaded")
+        vectors, count = await self._gather.embed(req.input, req.truncate, req.max_tokens)
         return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
 
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
@@ -190,3 +207,9 @@ class EncoderMold(abc.ABC):
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         return self._live()[0].detokenize(ids)
+
+    def occupancy(self) -> Occupancy:
+        g = self._gather
+        if g is None:
+            return Occupancy(self._slots)
+        return Occupancy(self._slots, g.running, batches=g.batches, widths=dict(g.widths))

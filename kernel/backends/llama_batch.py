@@ -16,64 +16,22 @@ chain is kept, so its answer goes on as if nothing happened; nothing is truncate
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import llama_cpp
 from llama_cpp import _internals
 
 from ..errors import ContextOverflow, InferenceError
+from ..mold import Occupancy
 from ..schema import Chunk, InferenceOptions, Stats
-from ..worker import Worker, _post, _settle, bridged
+from ..worker import Worker, _post, _settle, bridged, uncancellable
 from .llama_runtime import sampling
 from .llama_sampling import common_prefix, sampler_chain
-from .stops import StopMatcher
-
-
-@dataclass(eq=False)
-class _Reader:
-    """What the reader of a sequence has taken, written only on the event loop's side: the
-    worker compares it with what it sent, so a reader that stopped reading is found."""
-
-    taken: int = 0
-    last: float = field(default_factory=time.monotonic)
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One request's sequence: its tokens, sampler chain and what it has said so far."""
-
-    tokens: list[int]  # what must be in its KV cells: the prompt, then (after a preemption)
-    budget: int  # tokens it may still generate
-    chain: Any  # its llama_sampler chain
-    emit: Callable[[Chunk], None]
-    finished: Callable[[BaseException | None], None]
-    cancel: threading.Event
-    stop: list[str]
-    reader: _Reader
-    emitted: int = 0  # chunks sent to the reader (only the worker thread writes it)
-    prompt_count: int = 0
-    cached: int = 0  # prompt tokens found in the KV cache, not evaluated again
-    id: int = -1  # its seq_id while admitted
-    fed: int = 0  # tokens already in its KV cells
-    next: int | None = None  # the sampled token to evaluate next step
-    answer: list[int] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)
-    start: int = field(default_factory=time.perf_counter_ns)
-    first: int = 0
-    matcher: StopMatcher = field(init=False)
-    decoder: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.matcher = StopMatcher(self.stop)
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.prompt_count = len(self.tokens)
+from .llama_sequence import Reader, Sequence
 
 
 class Batcher:
@@ -103,8 +61,8 @@ class Batcher:
         self._piece = piece
         self._worker, self.chunk, self.n_seq = worker, chunk, n_seq
         self._free = list(range(n_seq))
-        self._waiting: deque[_Seq] = deque()  # new and preempted sequences, oldest first
-        self._running: list[_Seq] = []
+        self._waiting: deque[Sequence] = deque()  # new and preempted sequences, oldest first
+        self._running: list[Sequence] = []
         # seq ids whose KV cells hold a finished request's tokens, least recent first
         self._cached: OrderedDict[int, list[int]] = OrderedDict()
         self._lock = threading.Lock()  # guards _waiting and _active across threads
@@ -112,6 +70,7 @@ class Batcher:
         # what ran: steps, and sequences carried (tests and /metrics read them)
         self.steps = self.carried = self.preempted = self.busy_steps = self.busy_carried = 0
         self.widths: Counter[int] = Counter()  # steps by the sequences they carried
+        self.hits = self.hit_tokens = 0  # requests that reused a cached prompt, and its tokens
         self.max_unread, self.stall_after = 256, 30.0  # a reader stuck this long is cut
         # set to {} to record each sequence's top-2 logit gaps, by prompt (tests compare
         # batched answers with lone ones up to the first near-tie)
@@ -132,23 +91,36 @@ class Batcher:
         if len(tokens) >= limit:
             raise ContextOverflow(len(tokens), limit)
         o, budget = sampling(options, limit - len(tokens))
+        if budget <= 0:  # nothing to make (num_predict 0): as the unbatched path answers
+            stats = Stats(prompt_eval_count=len(tokens))
+            yield Chunk(done=True, done_reason="length", stats=stats, context=list(tokens))
+            return
         chain = sampler_chain(self._vocab, self._n_vocab, o, options.seed, grammar)
-        cancel, reader = threading.Event(), _Reader()
+        cancel, reader = threading.Event(), Reader()
         loop = asyncio.get_running_loop()
+        left: asyncio.Future[None] = loop.create_future()  # the sequence is out of the batch
+
+        def finished(done: asyncio.Future[None], error: BaseException | None) -> None:
+            _settle(done, None, error)
+            _settle(left, None, None)
+
+        submitted = False
 
         async def work(report: Callable[[Chunk], None]) -> None:
+            nonlocal submitted
             done: asyncio.Future[None] = loop.create_future()
-            seq = _Seq(
+            seq = Sequence(
                 tokens=list(tokens),
                 budget=budget,
                 chain=chain,
                 emit=report,
-                finished=lambda e: _post(loop, _settle, done, None, e),
+                finished=lambda e: _post(loop, finished, done, e),
                 cancel=cancel,
                 stop=list(options.stop),
                 reader=reader,
             )
             self._submit(seq)
+            submitted = True
             await done
 
         try:
@@ -158,8 +130,15 @@ class Batcher:
                 reader.taken, reader.last = reader.taken + 1, time.monotonic()
         finally:
             cancel.set()
+            # A caller that stops reading holds its slot until the worker has taken the
+            # sequence out (within one step), so a slot freed is a sequence freed too;
+            # the HTTP layer cancels a leaving client's task more than once.
+            if not submitted:
+                llama_cpp.llama_sampler_free(chain)
+            else:
+                await uncancellable(left)
 
-    def _submit(self, seq: _Seq) -> None:
+    def _submit(self, seq: Sequence) -> None:
         with self._lock:
             self._waiting.append(seq)
             start, self._active = not self._active, True
@@ -193,7 +172,14 @@ class Batcher:
     def _admit(self) -> None:
         """Move waiting sequences in while there are seq ids and room for their tokens.
         A sequence takes over the cached one sharing its longest prefix, so only its new
-        tokens are evaluated (a chat's next turn)."""
+        tokens are evaluated (a chat's next turn). One cancelled while waiting just leaves."""
+        with self._lock:
+            gone = [s for s in self._waiting if s.cancel.is_set()]
+            for seq in gone:
+                self._waiting.remove(seq)
+        for seq in gone:  # it holds no KV cells: a waiting one never has
+            llama_cpp.llama_sampler_free(seq.chain)
+            seq.finished(None)
         with self._lock:
             while self._waiting and (self._free or self._cached):
                 seq = self._waiting[0]
@@ -203,8 +189,9 @@ class Batcher:
                 self._waiting.popleft()
                 self._running.append(seq)
                 seq.id, seq.fed = self._reuse(seq.tokens)
-                if seq.next is None:  # a new prompt, not a preempted one resuming
+                if seq.next is None and seq.fed:  # a new prompt found cached, not a resumed one
                     seq.cached = seq.fed
+                    self.hits, self.hit_tokens = self.hits + 1, self.hit_tokens + seq.fed
 
     def _reuse(self, tokens: list[int]) -> tuple[int, int]:
         """A seq id for ``tokens`` and how many of them its KV cells already hold."""
@@ -229,7 +216,7 @@ class Batcher:
             self._finish(seq, "cancel")
         # The plan first: a failed decode leaves the KV cache as it was, so nothing moves
         # until it succeeds. (seq, tokens fed this step, whether its last one is sampled)
-        plan: list[tuple[_Seq, int, bool]] = []
+        plan: list[tuple[Sequence, int, bool]] = []
         self._batch.n_tokens = 0
         room = self.n_batch - len(self._running)
         for seq in self._running:
@@ -289,7 +276,7 @@ class Batcher:
         b.logits[i] = logits
         b.n_tokens = i + 1
 
-    def _sampled(self, seq: _Seq, token: int) -> None:
+    def _sampled(self, seq: Sequence, token: int) -> None:
         now = time.perf_counter_ns()
         seq.first = seq.first or now
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -311,13 +298,13 @@ class Batcher:
         else:
             seq.next = token
 
-    def _stuck(self, seq: _Seq) -> bool:
+    def _stuck(self, seq: Sequence) -> bool:
         """Whether ``seq``'s reader has left ``max_unread`` chunks unread for ``stall_after``
         seconds: the decode step never waits for a reader, so one that is stuck is cut."""
         unread = seq.emitted - seq.reader.taken
         return unread >= self.max_unread and time.monotonic() - seq.reader.last > self.stall_after
 
-    def _finish(self, seq: _Seq, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: str) -> None:
         self._release(seq, keep=True)
         if tail := seq.matcher.feed(seq.decoder.decode(b"", final=True)) + seq.matcher.flush():
             seq.emit(Chunk(tail))
@@ -333,7 +320,7 @@ class Batcher:
         llama_cpp.llama_sampler_free(seq.chain)
         seq.finished(None)
 
-    def _release(self, seq: _Seq, keep: bool = False) -> None:
+    def _release(self, seq: Sequence, keep: bool = False) -> None:
         """Take ``seq`` out; ``keep`` leaves its KV cells as a cached prompt for the next
         request that starts the same way."""
         self._running.remove(seq)
@@ -344,6 +331,18 @@ class Batcher:
             llama_cpp.llama_memory_seq_rm(self._mem, seq.id, -1, -1)
             self._free.append(seq.id)
         seq.id = -1
+
+    def occupancy(self, slots: int) -> Occupancy:
+        """What runs and what the KV cache holds. Read on the event loop while the worker
+        steps: the lists are copied under the lock, so the figures are one moment's."""
+        with self._lock:
+            running = list(self._running)
+            cached = sum(len(held) for held in self._cached.values())
+        used = sum(s.fed for s in running)
+        widths, hits, hit_tokens = dict(self.widths), self.hits, self.hit_tokens
+        return Occupancy(
+            slots, len(running), used, cached, self.n_ctx, self.steps, widths, hits, hit_tokens
+        )
 
     def clear_cache(self) -> None:
         """Forget every cached prompt (on the worker thread, between steps)."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..devices import cpu_device
 from ..errors import MissingExtra, ModelNotLoaded, UnsupportedTask
-from ..mold import Device, LoadOptions, Mold
+from ..mold import Device, LoadOptions, Mold, Occupancy
 from ..schema import (
     ChatRequest,
     Chunk,
@@ -30,6 +30,7 @@ from ..schema import (
 )
 from ..store.manifest import Manifest
 from ..worker import Worker
+from .embed_batch import EmbedBatcher
 from .templates import render_go_template
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .llama_runtime import LlamaRuntime
 
 log = logging.getLogger(__name__)
+PARALLEL = 4  # sequences at once unless set: llama-server's default
 _OVERHEAD = 32 << 20  # compute buffers and the like, beyond weights and KV cache
 
 
@@ -99,7 +101,9 @@ class LlamaCppMold:
         self._opts = opts
         self._runtime: LlamaRuntime | None = None
         self._worker: Worker | None = None
-        self._batcher: Batcher | None = None  # with num_parallel > 1: continuous batching
+        self._batcher: Batcher | None = None  # with parallel > 1: continuous batching
+        self._gather: EmbedBatcher | None = None  # concurrent embeddings in one pass
+        self._parallel = opts.parallel or PARALLEL
         self.tasks = frozenset({"embed", "tokenize"})
 
     async def load(self) -> None:
@@ -109,7 +113,7 @@ class LlamaCppMold:
         layers = self._opts.gpu_layers if self._opts.gpu_layers is not None else -1
         if not gpu and self._opts.gpu_layers:
             log.warning("%s runs on cpu: gpu_layers=%d is ignored", self.name, layers)
-        parallel = self._opts.parallel or 1
+        parallel = self._parallel
         worker = self._worker = Worker(f"llama:{self.name}")
         try:
             rt = self._runtime = await worker.call(
@@ -124,7 +128,12 @@ class LlamaCppMold:
                 )
             )
             if parallel > 1 and not rt.embed_only:
-                self._batcher = await worker.call(rt.batcher, worker, parallel)
+                # as many ids again for the prompts of finished requests, kept for reuse
+                self._batcher = b = await worker.call(rt.batcher, worker, 2 * parallel)
+                b.max_unread = self._opts.settings.stream_buffer
+                b.stall_after = self._opts.settings.send_timeout
+            wait = self._opts.settings.embed_batch_wait if parallel > 1 else 0.0
+            self._gather = EmbedBatcher(worker, rt.embed_many, wait)
         except BaseException:
             if self._runtime is not None:
                 await worker.call(self._runtime.close)
@@ -136,7 +145,7 @@ class LlamaCppMold:
         self._measure(rt)
         if not rt.embed_only:
             self.tasks = self.tasks | {"generate"} | ({"chat"} if rt.template else set())
-        if self._batcher is not None:
+        if parallel > 1:
             self.tasks = self.tasks | {"batch"}
 
     def _measure(self, rt: LlamaRuntime) -> None:
@@ -146,8 +155,10 @@ class LlamaCppMold:
             self.memory = self.metadata.size + rt.held_bytes
 
     async def unload(self) -> None:
-        rt, worker, batcher = self._runtime, self._worker, self._batcher
-        self._runtime = self._worker = self._batcher = None
+        rt, worker, batcher, gather = self._runtime, self._worker, self._batcher, self._gather
+        self._runtime = self._worker = self._batcher = self._gather = None
+        if gather is not None:
+            await gather.close()
         if rt is not None and worker is not None:
             if batcher is not None:
                 await worker.call(batcher.close)  # its context goes before the model
@@ -209,7 +220,9 @@ class LlamaCppMold:
     async def infer(self, req: Request) -> Result:
         rt, worker = self._live()
         if isinstance(req, EmbedRequest):
-            vectors, count = await worker.call(rt.embed, req.input, req.truncate, req.max_tokens)
+            if self._gather is None:  # unloaded since _live()
+                raise ModelNotLoaded(f"{self.name} is not loaded")
+            vectors, count = await self._gather.embed(req.input, req.truncate, req.max_tokens)
             self._measure(rt)  # the first embed made a second context: it counts from now
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
         if self._batcher is not None:
@@ -225,6 +238,16 @@ class LlamaCppMold:
     async def tokenize(self, text: str) -> list[int]:
         rt, worker = self._live()
         return await worker.call(rt.tokenize, text)
+
+    def occupancy(self) -> Occupancy:
+        b, g = self._batcher, self._gather
+        now = Occupancy(self._parallel) if b is None else b.occupancy(self._parallel)
+        if g is not None:  # embeddings: their passes count as batches too
+            now.running += g.running
+            now.batches += g.batches
+            for width, n in g.widths.items():
+                now.widths[width] = now.widths.get(width, 0) + n
+        return now
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         rt, worker = self._live()

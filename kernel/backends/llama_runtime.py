@@ -34,6 +34,7 @@ from .stops import StopMatcher
 
 if TYPE_CHECKING:
     from ..worker import Worker
+    from .embed_batch import Ask, Vectors
     from .llama_batch import Batcher
 
 log = logging.getLogger("ferrousforge.llama_cpp")
@@ -301,20 +302,31 @@ class LlamaRuntime:
 
     # -- embeddings ------------------------------------------------------------------
 
-    def embed(
-        self, texts: Sequence[str], truncate: bool, max_tokens: int | None = None
-    ) -> tuple[list[list[float]], int]:
-        """L2-normalized, pooled embeddings (mean pooling unless the model says otherwise)."""
+    def embed_many(self, asks: list[Ask]) -> list[Vectors | Exception]:
+        """Several requests' L2-normalized, pooled embeddings (mean pooling unless the model
+        says otherwise), in one pass; a request that breaks a limit fails alone."""
         llm = self._embedding_context()
-        count = 0
-        for t in texts:
-            n = len(llm.tokenize(t.encode(), add_bos=True, special=True))
-            if n > llm.n_ctx() and not truncate:
-                raise ContextOverflow(n, llm.n_ctx())
-            count += min(n, llm.n_ctx())
-        check_embed_tokens(count, max_tokens)
-        vectors = llm.embed(list(texts), normalize=True, truncate=True)
-        return [list(map(float, v)) for v in vectors], count
+        results: list[Vectors | Exception] = []
+        texts: list[str] = []
+        for ask in asks:
+            try:
+                count = 0
+                for t in ask.texts:
+                    n = len(llm.tokenize(t.encode(), add_bos=True, special=True))
+                    if n > llm.n_ctx() and not ask.truncate:
+                        raise ContextOverflow(n, llm.n_ctx())
+                    count += min(n, llm.n_ctx())
+                check_embed_tokens(count, ask.max_tokens)
+            except Exception as e:
+                results.append(e)
+                continue
+            results.append(([], count))
+            texts.extend(ask.texts)
+        vectors = iter(llm.embed(texts, normalize=True, truncate=True) if texts else [])
+        for ask, result in zip(asks, results, strict=True):
+            if not isinstance(result, Exception):
+                result[0].extend(list(map(float, next(vectors))) for _ in ask.texts)
+        return results
 
     def _embedding_context(self) -> llama_cpp.Llama:
         if self._embedder is None:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from ..devices import cpu_device
 from ..errors import InferenceError, InvalidModelFile, UnsupportedTask
 from ..limits import check_embed_tokens
-from ..mold import Device, LoadOptions, Mold
+from ..mold import Device, LoadOptions, Mold, Occupancy
 from ..schema import (
     ChatRequest,
     Chunk,
@@ -46,15 +46,15 @@ class NullBackend:
         return int(manifest.metadata.extra.get("memory", 1 << 20))
 
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
-        return NullMold(manifest, device, self.estimate_memory(manifest, opts))
+        return NullMold(manifest, device, self.estimate_memory(manifest, opts), opts.parallel or 1)
 
 
 class NullMold:
     backend = "null"
     tasks = frozenset({"generate", "chat", "embed", "tokenize", "batch"})  # async: any number
 
-    def __init__(self, manifest: Manifest, device: Device, memory: int) -> None:
-        self.name = manifest.name
+    def __init__(self, manifest: Manifest, device: Device, memory: int, slots: int = 1) -> None:
+        self.name, self.slots = manifest.name, slots
         self.device = device.id
         self.metadata = manifest.metadata
         self.memory = memory
@@ -119,6 +119,9 @@ class NullMold:
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         return bytes(ids).decode(errors="replace")
+
+    def occupancy(self) -> Occupancy:
+        return Occupancy(self.slots)
 
 
 def _vector(text: str, dims: int) -> list[float]:

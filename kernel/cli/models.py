@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from ..config import load_settings
 from ..humanize import ago, clip, size, table, until
@@ -104,6 +105,7 @@ def ps(args: argparse.Namespace) -> int:
     """What every engine on this home has loaded (each publishes it in ``run/``)."""
     rows = []
     for r in read_all(load_settings().home):
+        slots = r.get("slots", 1)
         left = None if r.get("expires_at") is None else r["expires_at"] - time.time()
         rows.append(
             (
@@ -113,11 +115,32 @@ def ps(args: argparse.Namespace) -> int:
                 size(r["memory"]),
                 str(r["context_length"]),
                 str(r["pid"]),
+                f"{min(r.get('in_use', 0), slots)}/{slots}",
+                _kv_cells(r),
                 until(left, r.get("in_use", 0)),
             )
         )
-    out(table(("NAME", "BACKEND", "DEVICE", "MEMORY", "CONTEXT", "PID", "UNTIL"), rows))
+    headers = (
+        "NAME",
+        "BACKEND",
+        "DEVICE",
+        "MEMORY",
+        "CONTEXT",
+        "PID",
+        "SLOTS",
+        "KV CELLS",
+        "UNTIL",
+    )
+    out(table(headers, rows))
     return 0
+
+
+def _kv_cells(row: dict[str, Any]) -> str:
+    """Used/total KV cells, and those kept for cached prompts; "-" for a model without."""
+    if not row.get("kv_total"):
+        return "-"
+    cached = f" (+{row['kv_cached']} cached)" if row.get("kv_cached") else ""
+    return f"{row.get('kv_used', 0)}/{row['kv_total']}{cached}"
 
 
 def devices(args: argparse.Namespace) -> int:
