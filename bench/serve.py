@@ -136,13 +136,19 @@ def load(url: str, model: str, clients: int, per_client: int) -> dict[str, float
     concurrent clients, each with a prompt of its own."""
     latencies: list[float] = []
     firsts: list[float] = []
-    tokens = 0
+    tokens = failed = 0
     lock = threading.Lock()
 
     def one_client(i: int, c: httpx.Client) -> None:
-        nonlocal tokens
+        nonlocal tokens, failed
         for _ in range(per_client):
-            n, took, first = complete(url, model, TOKENS, c, PROMPTS[i % len(PROMPTS)])
+            try:
+                n, took, first = complete(url, model, TOKENS, c, PROMPTS[i % len(PROMPTS)])
+            except httpx.HTTPError as e:  # counted and named, not a dead thread
+                print(f"{url}: {clients} clients: {type(e).__name__}: {e}", file=sys.stderr)
+                with lock:
+                    failed += 1
+                continue
             with lock:
                 tokens += n
                 latencies.append(took)
@@ -162,6 +168,7 @@ def load(url: str, model: str, clients: int, per_client: int) -> dict[str, float
         "tps": tokens / wall,
         "p50": statistics.median(latencies),
         "ttft": statistics.median(firsts),
+        "failed": failed,
     }
 
 
@@ -329,6 +336,7 @@ def main() -> None:
             with server(
                 [c.replace("{port}", str(port)) for c in cmd], port, env, args.model
             ) as url:
+                print(f"{name} on {url}", file=sys.stderr)  # names the peer of an error
                 row: dict[Any, Any] = {c: load(url, args.model, c, 2) for c in (1, 4, 8)}
                 if name != "llama_cpp.server":
                     row["turns"] = chat_turns(url, args.model)
@@ -338,6 +346,10 @@ def main() -> None:
                     if args.embed_model:
                         row["embed"] = embeddings(url, embed_form)
                 results[name].append(row)
+
+    for name, rows in results.items():
+        if failed := sum(r[c]["failed"] for r in rows for c in (1, 4, 8)):
+            print(f"{name}: {failed} requests failed (see above); its figures count the rest")
 
     def med(name: str, clients: int, field: str) -> float:
         return float(statistics.median(r[clients][field] for r in results[name]))

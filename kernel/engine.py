@@ -101,6 +101,7 @@ class AsyncEngine(EngineInference, EngineStore):
         self._loaded_with: dict[str, LoadOptions] = {}  # what each loaded model was given
         self._reaper: asyncio.Task[None] | None = None
         self._runstate = RunState(s.home)
+        self._pending_publish: asyncio.TimerHandle | None = None
         self.generated_tokens = 0  # live, across all models: what /metrics reports
         # Blocking work gets threads of its own (the default executor is shared and small).
         self.pulls = Pulls(s.max_pulls)
@@ -159,11 +160,14 @@ class AsyncEngine(EngineInference, EngineStore):
             ) as lease:
                 if lease.load_duration or key not in self._loaded_with:  # what is loaded
                     self._loaded_with[key] = opts
-                self._held.setdefault(key, manifest)
-                self._publish()
+                if key in self._held:
+                    self._publish_soon()
+                else:  # newly held: other processes must see it before they collect blobs
+                    self._held[key] = manifest
+                    self._publish()
                 yield lease
         finally:  # a request that failed or was cancelled ends its lease too
-            self._publish()
+            self._publish_soon()
 
     def _defaults_for(self, key: str) -> LoadOptions:
         return model_defaults(self._defaults, self.settings, key)
@@ -179,7 +183,16 @@ class AsyncEngine(EngineInference, EngineStore):
             reaper = self.scheduler.run_reaper(on_reap=lambda _: self._publish())
             self._reaper = asyncio.get_running_loop().create_task(reaper)
 
+    def _publish_soon(self) -> None:
+        """Publish within 0.1 s: a lease's start and end change only ``in_use`` and the
+        slots, and writing the file each time cost ~1 ms of the loop per request."""
+        if self._pending_publish is None:
+            self._pending_publish = asyncio.get_running_loop().call_later(0.1, self._publish)
+
     def _publish(self) -> None:
+        if self._pending_publish is not None:
+            self._pending_publish.cancel()
+            self._pending_publish = None
         rows = [asdict(m) for m in self.loaded()]
         for row in rows:
             if (held := self._held.get(row["name"])) is not None:
@@ -289,6 +302,7 @@ class AsyncEngine(EngineInference, EngineStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         await self.scheduler.close()
+        self._publish()  # cancels a pending one
         self._runstate.publish([])
         self.pulls.close()
         self._probes.shutdown(wait=False, cancel_futures=True)

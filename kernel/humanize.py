@@ -45,6 +45,18 @@ def until(seconds: float | None, in_use: int = 0) -> str:
     return f"{max(0, seconds):.0f} seconds from now"
 
 
+def kv_cells(used: int, cached: int, total: int) -> str:
+    """Used/total KV cells and those kept for cached prompts; "-" for a model without."""
+    if not total:
+        return "-"
+    return f"{used}/{total}" + (f" (+{cached} cached)" if cached else "")
+
+
+def slots(in_use: int, total: int) -> str:
+    """Busy/total slots (requests waiting for one count as busy ones' company, not more)."""
+    return f"{min(in_use, total)}/{total}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [

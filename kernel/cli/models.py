@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 from ..config import load_settings
-from ..humanize import ago, clip, size, table, until
+from ..humanize import ago, clip, kv_cells, size, slots, table, until
 from ..runstate import read_all
 from .commands import local_engine
 from .render import ProgressBars, err, out
@@ -105,7 +104,6 @@ def ps(args: argparse.Namespace) -> int:
     """What every engine on this home has loaded (each publishes it in ``run/``)."""
     rows = []
     for r in read_all(load_settings().home):
-        slots = r.get("slots", 1)
         left = None if r.get("expires_at") is None else r["expires_at"] - time.time()
         rows.append(
             (
@@ -115,8 +113,8 @@ def ps(args: argparse.Namespace) -> int:
                 size(r["memory"]),
                 str(r["context_length"]),
                 str(r["pid"]),
-                f"{min(r.get('in_use', 0), slots)}/{slots}",
-                _kv_cells(r),
+                slots(r.get("in_use", 0), r.get("slots", 1)),
+                kv_cells(r.get("kv_used", 0), r.get("kv_cached", 0), r.get("kv_total", 0)),
                 until(left, r.get("in_use", 0)),
             )
         )
@@ -133,14 +131,6 @@ def ps(args: argparse.Namespace) -> int:
     )
     out(table(headers, rows))
     return 0
-
-
-def _kv_cells(row: dict[str, Any]) -> str:
-    """Used/total KV cells, and those kept for cached prompts; "-" for a model without."""
-    if not row.get("kv_total"):
-        return "-"
-    cached = f" (+{row['kv_cached']} cached)" if row.get("kv_cached") else ""
-    return f"{row.get('kv_used', 0)}/{row['kv_total']}{cached}"
 
 
 def devices(args: argparse.Namespace) -> int:

@@ -25,8 +25,8 @@ from IPython.display import JSON, Code, Markdown, display
 
 from .. import notebook
 from ..errors import ForgeError, MissingExtra, ModelNotFound, UsageError
+from ..humanize import kv_cells, slots, table, until
 from ..humanize import size as _size
-from ..humanize import table, until
 from ..interface import EngineClient
 from ..progress import Progress
 from .answer import Answer, stream_answer
@@ -126,10 +126,18 @@ class ForgeMagics(Magics):
             _table(("NAME", "FORMAT", "SIZE", "FROM"), stored)
         elif command == "ps":
             loaded = [
-                (m.name, m.backend, m.device, _size(m.memory), until(m.expires_in, m.in_use))
+                (
+                    m.name,
+                    m.backend,
+                    m.device,
+                    _size(m.memory),
+                    slots(m.in_use, m.slots),
+                    kv_cells(m.kv_used, m.kv_cached, m.kv_total),
+                    until(m.expires_in, m.in_use),
+                )
                 for m in engine.ps()
             ]
-            _table(("NAME", "BACKEND", "DEVICE", "MEMORY", "UNTIL"), loaded)
+            _table(("NAME", "BACKEND", "DEVICE", "MEMORY", "SLOTS", "KV CELLS", "UNTIL"), loaded)
         elif command == "devices":
             usable = [(d.id, d.name, ", ".join(d.backends)) for d in engine.devices()]
             _table(("DEVICE", "NAME", "BACKENDS"), usable)
