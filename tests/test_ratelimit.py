@@ -174,3 +174,17 @@ def test_idle_buckets_are_dropped_when_the_dict_grows(clock: FakeClock) -> None:
     assert len(limiter) == 4  # over the bound, but nobody is idle: nothing is forgotten
     with pytest.raises(RateLimited):
         limiter.admit("busy")
+
+
+def test_a_cached_prompt_is_charged_in_full(clock: FakeClock) -> None:
+    from ferrousforge.api.security import TokenCharge
+    from ferrousforge.hooks import InferenceEvent
+    from ferrousforge.schema import Stats
+
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600, clock=clock)
+    limiter.admit("a")
+    stats = Stats(prompt_eval_count=1, eval_count=10)
+    stats.prompt_cached = 589  # 1 + 589 + 10 = 600: the whole budget
+    TokenCharge(limiter).on_inference_end(InferenceEvent("m", "chat", client="a", stats=stats))
+    with pytest.raises(RateLimited):
+        limiter.admit("a")

@@ -26,4 +26,5 @@ class TokenCharge:
 
     def on_inference_end(self, e: InferenceEvent) -> None:
         if e.client and e.stats is not None:
-            self.limiter.charge(e.client, e.stats.prompt_eval_count + e.stats.eval_count)
+            s = e.stats  # the whole prompt: a cached prefix is reused, not free
+            self.limiter.charge(e.client, s.prompt_eval_count + s.prompt_cached + s.eval_count)
