@@ -28,6 +28,9 @@ T = TypeVar("T")
 _END = object()
 
 
+_CLOSE_WAIT = 60.0  # seconds a closed stream may take to stop: one decode step, normally
+
+
 class LoopThread:
     """An event loop running forever in a daemon thread."""
 
@@ -42,10 +45,13 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def iterate(self, stream: AsyncIterator[T]) -> Generator[T, None, None]:
-        """Consume an async iterator from this thread; closing the iterator cancels it."""
+        """Consume an async iterator from this thread. Closing the iterator cancels it and
+        returns once it is closed: a model's slot is free again when ``close()`` returns."""
         items: queue.Queue[Any] = queue.Queue()
+        started, ended = threading.Event(), threading.Event()
 
         async def pump() -> None:
+            started.set()
             try:
                 async for item in stream:
                     items.put(item)
@@ -54,6 +60,12 @@ class LoopThread:
                 raise
             else:
                 items.put(_END)
+            finally:
+                try:
+                    if (close := getattr(stream, "aclose", None)) is not None:
+                        await close()
+                finally:
+                    ended.set()
 
         fut: Future[None] = asyncio.run_coroutine_threadsafe(pump(), self.loop)
         try:
@@ -64,6 +76,8 @@ class LoopThread:
         finally:
             if not fut.done():
                 fut.cancel()
+                if started.is_set():
+                    ended.wait(_CLOSE_WAIT)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
