@@ -81,6 +81,9 @@ setup_test_system() {
   # lavapipe: the Vulkan adapter wgpu's tests run on; chromium: the browser Playwright drives
   # (never `playwright install`: browser downloads fail here)
   apt_install "wgpu's lavapipe adapter and Playwright's browser" mesa-vulkan-drivers chromium
+  # JupyterHub's proxy, for the hub tests (a Node program from npm, installed once)
+  command -v configurable-http-proxy >/dev/null ||
+    npm install -g --ignore-scripts --no-audit --no-fund --loglevel=error configurable-http-proxy@5
 }
 
 setup_jupyter_extension() {  # editable installs skip the data file that enables it: copy it
@@ -121,7 +124,7 @@ setup_llama_server() {  # the bench's peer: llama.cpp's own server, from the whe
 cmd_bench() {
   cmd_setup
   setup_llama_server
-  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,dev,bench"  # llama_cpp.server, the other peer
+  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,hub,dev,bench"  # llama_cpp.server, the other peer
   FORGE_LLAMA_SERVER="$LLAMA_SERVER" "$PY" bench/serve.py "$@"
 }
 
@@ -129,7 +132,7 @@ cmd_setup() {
   setup_venv
   setup_llama
   setup_torch
-  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,dev"
+  setup_project "llama,torch,onnx,tvm,wgpu,jupyter,hub,dev"
   setup_jupyter_extension
   setup_web
 }

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,6 +54,28 @@ def parse_duration(value: str | float | int | None) -> float | None:
 
 def default_home() -> Path:
     return Path(os.environ.get("FORGE_HOME") or Path.home() / ".ferrousforge")
+
+
+class HubGroup(BaseModel):
+    """``[hub.groups.<name>]``: what a hub group's members may use."""
+
+    models: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class HubSettings(BaseModel):
+    """``[hub]``: the engine as a JupyterHub service (``forge serve --hub``)."""
+
+    enabled: bool = False
+    groups: dict[str, HubGroup] = Field(default_factory=dict)
+    default_models: list[str] = Field(
+        default_factory=list, description="models every hub user may use, whatever the group"
+    )
+    admin_scope: str = Field(
+        "custom:forge:admin", description="the hub scope that makes a user an engine admin"
+    )
+    identity_cache: float = Field(
+        60.0, ge=0, description="seconds a token's user (and groups) is cached"
+    )
 
 
 class Settings(BaseSettings):
@@ -168,6 +190,7 @@ class Settings(BaseSettings):
     max_keep_alive: float = Field(
         10 * 365 * 86400.0, gt=0, description="longest finite keep_alive, in seconds"
     )
+    hub: HubSettings = Field(default_factory=HubSettings)
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector, e.g. :4318")
 
     @field_validator(

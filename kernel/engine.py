@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import psutil
 
+from .access import current_access
 from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
@@ -127,6 +128,9 @@ class AsyncEngine(EngineInference, EngineStore):
         """Hold ``model`` loaded for one request: with ``wanted`` load options (a ``load()``),
         else as it was loaded last, else with the defaults; ``options.num_ctx`` may ask for
         more context."""
+        # every inference and load passes here: a model the caller may not use is a 403,
+        # whether the store has it or not
+        current_access.get().require_model(model if isinstance(model, str) else model.name)
         manifest = self.store.get(model) if isinstance(model, str) else model
         key = str(parse_name(manifest.name))
         seconds = self.keep_alive_seconds(keep_alive)
@@ -246,6 +250,7 @@ class AsyncEngine(EngineInference, EngineStore):
 
     async def unload(self, model: str) -> bool:
         """Unload now, or once its running requests end; False if it was not loaded."""
+        current_access.get().require_admin("unload models")
         try:
             key = str(parse_name(self.store.get(model).name))
         except ModelNotFound:  # removed from the store while loaded
@@ -261,8 +266,9 @@ class AsyncEngine(EngineInference, EngineStore):
         return held if held is not None else self.store.get(model)
 
     async def ps(self) -> list[LoadedModel]:
-        """The models loaded now."""
-        return self.loaded()
+        """The models loaded now that the caller may use."""
+        access = current_access.get()
+        return [m for m in self.loaded() if access.allows(m.name)]
 
     def stats(self) -> EngineStats:
         """The live numbers for gauges; cheap, and safe to call from the engine's loop."""

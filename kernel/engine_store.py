@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .access import current_access
 from .progress import Progress, ProgressCallback, ignore
 from .pulls import Pulls
 from .store.manifest import Manifest
@@ -30,10 +31,12 @@ class EngineStore:
         async def unload(self, model: str) -> bool: ...
 
     async def list(self) -> list[Manifest]:
-        """Every model in the store, by name."""
-        return self.store.list()
+        """Every model in the store the caller may use, by name."""
+        access = current_access.get()
+        return [m for m in self.store.list() if access.allows(m.name)]
 
     async def show(self, model: str) -> Manifest:
+        current_access.get().require_model(model)
         return self.store.get(model)
 
     async def pull(
@@ -50,6 +53,7 @@ class EngineStore:
         engine's pull threads (``progress`` is called there). Cancelling the caller stops
         the pull; ``policy`` bounds what it may reach (the HTTP API passes its own);
         ``force`` lets a derived name replace a model from another source."""
+        current_access.get().require_admin("pull models")
         self.store.check_spec(spec, policy)  # refused at once, before it waits for a thread
 
         def work(report: ProgressCallback) -> Manifest:
@@ -70,6 +74,7 @@ class EngineStore:
     ) -> AsyncGenerator[Progress | Manifest, None]:
         """``pull`` as a stream: Progress items on this loop as they come, then the
         Manifest. Checks the spec first, so a refusal raises before the stream exists."""
+        current_access.get().require_admin("pull models")
         self.store.check_spec(spec, policy)
 
         async def work(report: Callable[[Progress | Manifest], None]) -> None:
@@ -84,11 +89,13 @@ class EngineStore:
     async def rm(self, model: str) -> None:
         """Unload ``model`` (once its running requests end), then remove it from the store;
         its blob goes when no other name and no other engine's loaded model uses it."""
+        current_access.get().require_admin("remove models")
         name = self.store.get(model).name
         await self.unload(name)
         self.store.rm(name)
 
     async def cp(self, source: str, destination: str) -> Manifest:
+        current_access.get().require_admin("copy models")
         return self.store.cp(source, destination)
 
     async def convert(
@@ -97,6 +104,7 @@ class EngineStore:
         """``forge convert``: ``model`` in format ``to`` as a new entry linked to it."""
         from .convert import convert
 
+        current_access.get().require_admin("convert models")
         return await self.pulls.run(
             f"converting {model}",
             lambda report: convert(self.store, model, to, report, **kw),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,6 +79,11 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         settings.jwt_audience,
         settings.jwt_leeway,
     )
+    app.state.hub = None
+    if settings.hub.enabled:
+        from .hub import HubIdentity
+
+        app.state.hub = HubIdentity(settings.hub)
     app.state.limiter = limiter
     app.state.pull_policy = PullPolicy.from_settings(settings, trusted=False)  # /api/pull's
     app.state.metrics = metrics
@@ -150,6 +156,10 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         from .tracing import instrument
 
         engine.hooks.add(instrument(app, settings.otel_endpoint, tracer_provider))
+    if settings.hub.enabled and (prefix := os.environ.get("JUPYTERHUB_SERVICE_PREFIX")):
+        from .hub import ServicePrefix
+
+        app.add_middleware(ServicePrefix, prefix=prefix)  # outermost: before any routing
     return app
 
 

@@ -30,7 +30,7 @@ class Principal:
     """The caller of a request. ``id`` keys rate limits and logs, and never holds a secret."""
 
     id: str
-    kind: Literal["anonymous", "key", "jwt"]
+    kind: Literal["anonymous", "key", "jwt", "hub"]
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")

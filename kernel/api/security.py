@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from ..access import EVERYONE, current_access
 from ..hooks import InferenceEvent, current_client
 from .auth import Principal
 from .ratelimit import RateLimiter
 
 
 async def guard(request: Request) -> Principal:
-    """Authenticate (401) and admit under the rate limit (429); remember who asked."""
+    """Authenticate (401) and admit under the rate limit (429); remember who asked and what
+    they may do (a hub user's groups and scopes; everything for the engine's own keys)."""
     state = request.app.state
-    principal: Principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal: Principal
+    if state.hub is not None:
+        principal, access = await state.hub.authenticate(request.headers)
+    else:
+        principal, access = state.auth.authenticate(request.headers.get("authorization")), EVERYONE
     state.limiter.admit(principal.id)
     current_client.set(principal.id)
+    current_access.set(access)
     return principal
 
 

@@ -88,8 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel",
         type=int,
         metavar="N",
-        help="requests each model serves at once (default 1); llama.cpp models batch them: "
-        "one decode step carries a token of every running sequence",
+        help="requests each model serves at once (default: 4 for llama.cpp, which batches "
+        "them: one decode step carries a token of every running sequence; 16 for encoders)",
+    )
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        default=None,
+        help="run as a JupyterHub service (started by the hub, which sets JUPYTERHUB_*): "
+        "hub tokens authenticate every request, [hub.groups.NAME] models = [...] in the "
+        "config say what each group may use, the hub scope custom:forge:admin administers",
     )
     p.add_argument(
         "--pull-path",

@@ -29,6 +29,10 @@ def serve(args: argparse.Namespace) -> int:
         num_parallel=args.parallel,
         **_server_flags(args),
     )
+    if args.hub:
+        settings = settings.model_copy(
+            update={"hub": settings.hub.model_copy(update={"enabled": True})}
+        )
     configure(args.log_level or "INFO", settings.log_format)
     for name in settings.preload:  # catalog models are pulled first, with progress
         with local_engine() as engine:

@@ -1,0 +1,96 @@
+"""The engine as a JupyterHub service (``forge serve --hub``; extra ``hub``).
+
+The hub starts the engine with its API token and the service's prefix in the environment
+(``JUPYTERHUB_*``) and proxies ``/services/<name>/`` to it, prefix kept. Every request is
+authenticated by the hub: a token (``Authorization: token ...`` or ``Bearer ...``) is looked
+up with ``HubOAuth.user_for_token(..., sync=False)``, which never blocks the loop. Its
+identity model carries the user's name, groups and scopes: the service's access scope
+admits, ``hub.admin_scope`` (a custom scope a hub role grants) makes an engine admin, and
+the groups' allowlists in ``[hub.groups.<name>]`` say which models the others may use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..access import Access, allowed_models
+from ..errors import ConfigError, Forbidden, MissingExtra, Unauthorized
+from .auth import Principal
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from ..config import HubSettings
+
+
+class HubIdentity:
+    """Who a request's hub token belongs to, and what they may do here."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        try:
+            from jupyterhub.services.auth import HubOAuth
+        except ImportError as e:
+            raise MissingExtra("jupyterhub", "hub") from e
+        if not os.environ.get("JUPYTERHUB_API_TOKEN"):
+            raise ConfigError(
+                "forge serve --hub runs as a JupyterHub service: start it from the hub "
+                "(c.JupyterHub.services), which sets JUPYTERHUB_API_TOKEN"
+            )
+        self.settings = settings
+        # The hub's answers are cached; a user's new groups count from the next lookup.
+        self._hub = HubOAuth(cache_max_age=int(settings.identity_cache))
+        name = os.environ.get("JUPYTERHUB_SERVICE_NAME", "forge")
+        self._access = set(self._hub.access_scopes) or {
+            f"access:services!service={name}",
+            "access:services",
+        }
+
+    async def authenticate(self, headers: Any) -> tuple[Principal, Access]:
+        """The caller of a request with these headers; 401 without a valid token, 403 when
+        the token does not grant access to this service."""
+        token = _token(headers.get("authorization"))
+        if token is None:
+            raise Unauthorized("log in through the hub: send 'Authorization: token <hub token>'")
+        user = await self._hub.user_for_token(token, sync=False)
+        if not user:
+            raise Unauthorized("the hub does not know this token (expired or revoked?)")
+        scopes = set(user.get("scopes") or ())
+        if not self._hub.check_scopes(self._access, user):
+            raise Forbidden(f"{user['name']}'s token lacks {sorted(self._access)[0]}")
+        return Principal(f"hub:{user['name']}", "hub"), self.access(user["name"], user, scopes)
+
+    def access(self, name: str, user: dict[str, Any], scopes: set[str]) -> Access:
+        groups = frozenset(user.get("groups") or ())
+        if self.settings.admin_scope in scopes:
+            return Access(name, groups, admin=True)
+        names = set(self.settings.default_models)
+        for group in groups:
+            rule = self.settings.groups.get(group)
+            if rule is not None:
+                names.update(rule.models)
+        return Access(name, groups, admin=False, models=allowed_models(names))
+
+
+def _token(header: str | None) -> str | None:
+    parts = (header or "").split()
+    if len(parts) == 2 and parts[0].lower() in ("token", "bearer"):
+        return parts[1]
+    return None
+
+
+class ServicePrefix:
+    """Serve the app under the hub's service prefix (the proxy keeps it on the path);
+    ``/health`` answers at the root too, for the hub's and Kubernetes' probes."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app, self.prefix = app, "/" + prefix.strip("/") + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path.startswith(self.prefix) or path == self.prefix[:-1]:
+                rest = path[len(self.prefix) - 1 :] or "/"
+                root = scope.get("root_path", "") + self.prefix[:-1]
+                scope = dict(scope, path=rest, root_path=root)
+        await self.app(scope, receive, send)

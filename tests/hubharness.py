@@ -1,0 +1,128 @@
+"""A real JupyterHub (configurable-http-proxy, DummyAuthenticator, SimpleLocalProcessSpawner)
+on 127.0.0.1 that starts ``forge serve --hub`` as its managed service ``forge``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .labharness import free_port
+
+CONFIG = """
+import sys
+c = get_config()  # noqa: F821
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api}"
+c.JupyterHub.db_url = "sqlite:///{root}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "simple"
+c.JupyterHub.custom_scopes = {{
+    "custom:forge:admin": {{"description": "administer the shared forge engine"}},
+}}
+c.JupyterHub.load_groups = {{
+    "students": {{"users": ["alice", "bob"]}},
+    "staff": {{"users": ["carol"]}},
+}}
+c.JupyterHub.load_roles = [
+    {{"name": "user", "scopes": ["self", "access:services!service=forge"]}},
+    {{"name": "forge-admin", "users": ["carol"], "scopes": ["custom:forge:admin"]}},
+    {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens", "groups"]}},
+]
+c.JupyterHub.services = [
+    {{
+        "name": "forge",
+        "url": "http://127.0.0.1:{forge_port}",
+        "command": [sys.executable, "-m", "ferrousforge", "serve", "--hub",
+                    "--port", "{forge_port}"],
+        "environment": {{"FORGE_HOME": "{home}", "FORGE_CONFIG": "{forge_config}",
+                         "FORGE_THREADS": "1"}},
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:forge:admin"],
+    }},
+    {{"name": "tester", "api_token": "{admin_token}"}},
+]
+"""
+
+
+@dataclass
+class Hub:
+    url: str  # the proxy's public URL
+    admin_token: str  # the "tester" service's token: makes users' tokens
+
+    def token_for(self, user: str) -> str:
+        """A new API token of ``user`` (created, with the user, through the hub's API)."""
+        api = self.url + "/hub/api"
+        headers = {"Authorization": f"token {self.admin_token}"}
+        r = httpx.post(f"{api}/users/{user}", headers=headers, timeout=30)
+        assert r.status_code in (201, 409), r.text  # 409: the user exists already
+        r = httpx.post(f"{api}/users/{user}/tokens", headers=headers, json={}, timeout=30)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+
+@contextlib.contextmanager
+def running_hub(root: Path, home: Path, forge_config: Path) -> Iterator[Hub]:
+    """The hub over ``home`` (the engine's store), stopped by its PID (which stops forge)."""
+    proxy = shutil.which("configurable-http-proxy")
+    assert proxy, "configurable-http-proxy is not installed: ./dev.sh test installs it"
+    port, admin_token = free_port(), secrets.token_hex(16)
+    config = root / "jupyterhub_config.py"
+    config.write_text(
+        CONFIG.format(
+            port=port,
+            hub_port=free_port(),
+            proxy_api=free_port(),
+            forge_port=free_port(),
+            root=root,
+            home=home,
+            forge_config=forge_config,
+            admin_token=admin_token,
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORGE_", "JUPYTERHUB_"))}
+    log = (root / "hub.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+        cwd=root,
+        env=env | {"PATH": f"{Path(proxy).parent}:{env.get('PATH', '')}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    hub = Hub(f"http://127.0.0.1:{port}", admin_token)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(hub.url + "/services/forge/health", timeout=5).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the hub or forge did not start: {_tail(root)}")
+            time.sleep(0.5)
+        yield hub
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _tail(root: Path) -> str:
+    return (root / "hub.log").read_text(errors="replace")[-3000:]

@@ -1,0 +1,78 @@
+"""The engine as a JupyterHub service, on a real hub: the hub starts ``forge serve --hub``
+and proxies it at /services/forge/; hub tokens authenticate, groups' allowlists say which
+models each user may use, and only the admin scope changes the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+import ferrousforge as ff
+
+from .hubharness import Hub, running_hub
+from .tinymodel import write_tiny_gguf
+
+pytest.importorskip("jupyterhub", reason="the hub extra is not installed")
+pytest.importorskip("llama_cpp", reason="the llama extra is not installed")
+
+FORGE_CONFIG = """
+[hub]
+default_models = []
+
+[hub.groups.students]
+models = ["tiny"]
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    root = tmp_path_factory.mktemp("hub")
+    home = root / "forge-home"
+    gguf = write_tiny_gguf(root / "tiny.gguf")
+    with ff.Engine(ff.Settings(home=home)) as engine:
+        engine.pull(str(gguf), name="tiny")
+        engine.pull(str(gguf), name="staff-only")
+    config = root / "forge.toml"
+    config.write_text(FORGE_CONFIG)
+    with running_hub(root, home, config) as h:
+        yield h
+
+
+def call(hub: Hub, method: str, path: str, token: str | None, **kw: object) -> httpx.Response:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    url = hub.url + "/services/forge" + path
+    return httpx.request(method, url, headers=headers, timeout=60, **kw)  # type: ignore[arg-type]
+
+
+def test_the_hub_starts_forge_and_proxies_it(hub: Hub) -> None:
+    r = httpx.get(hub.url + "/services/forge/health", timeout=30)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_hub_tokens_authenticate_and_groups_choose_models(hub: Hub) -> None:
+    alice = hub.token_for("alice")
+    assert call(hub, "GET", "/api/tags", None).status_code == 401
+    assert call(hub, "GET", "/api/tags", "not-a-token").status_code == 401
+    tags = call(hub, "GET", "/api/tags", alice).json()["models"]
+    assert [m["name"] for m in tags] == ["tiny:latest"]  # staff-only is not listed for her
+    models = call(hub, "GET", "/v1/models", alice).json()["data"]
+    assert [m["id"] for m in models] == ["tiny:latest"]
+    body = {"model": "tiny", "prompt": "the", "raw": True, "stream": False}
+    r = call(hub, "POST", "/api/generate", alice, json=body | {"options": {"num_predict": 3}})
+    assert r.status_code == 200 and r.json()["eval_count"] >= 1
+    r = call(hub, "POST", "/api/generate", alice, json=body | {"model": "staff-only"})
+    assert r.status_code == 403 and "staff-only" in r.json()["error"]
+    r = call(hub, "POST", "/api/pull", alice, json={"model": "tiny", "stream": False})
+    assert r.status_code == 403 and "admin" in r.json()["error"]
+
+
+def test_the_admin_scope_sees_and_changes_everything(hub: Hub) -> None:
+    carol = hub.token_for("carol")  # staff, with the forge-admin role
+    tags = call(hub, "GET", "/api/tags", carol).json()["models"]
+    assert sorted(m["name"] for m in tags) == ["staff-only:latest", "tiny:latest"]
+    r = call(hub, "POST", "/api/copy", carol, json={"source": "tiny", "destination": "copy:1"})
+    assert r.status_code == 200
+    r = call(hub, "DELETE", "/api/delete", carol, json={"model": "copy:1"})
+    assert r.status_code == 200
