@@ -62,6 +62,14 @@ class HubGroup(BaseModel):
     models: list[str] = Field(default_factory=list, max_length=10_000)
 
 
+class HubQuotas(BaseModel):
+    """``[hub.quotas]``: what each hub user may use (admins are exempt); unset: no limit."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1, description="prompt and answer, UTC days")
+    concurrent_streams: int | None = Field(None, ge=1, description="requests running at once")
+
+
 class HubSettings(BaseModel):
     """``[hub]``: the engine as a JupyterHub service (``forge serve --hub``)."""
 
@@ -76,6 +84,7 @@ class HubSettings(BaseModel):
     identity_cache: float = Field(
         60.0, ge=0, description="seconds a token's user (and groups) is cached"
     )
+    quotas: HubQuotas = Field(default_factory=HubQuotas)
 
 
 class Settings(BaseSettings):

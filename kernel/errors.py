@@ -210,8 +210,9 @@ class PayloadTooLarge(RequestError):
 class RateLimited(RequestError):
     status = 429
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, should_retry: bool = True) -> None:
         self.retry_after = retry_after
+        self.should_retry = should_retry  # False: a daily limit; clients should not sleep on it
         super().__init__(f"{message}; retry after {retry_after:.0f} s")
 
 

@@ -35,7 +35,7 @@ c.JupyterHub.custom_scopes = {{
     "custom:forge:admin": {{"description": "administer the shared forge engine"}},
 }}
 c.JupyterHub.load_groups = {{
-    "students": {{"users": ["alice", "bob"]}},
+    "students": {{"users": ["alice", "bob", "dave"]}},
     "staff": {{"users": ["carol"]}},
 }}
 c.JupyterHub.load_roles = [

@@ -21,6 +21,9 @@ FORGE_CONFIG = """
 [hub]
 default_models = []
 
+[hub.quotas]
+tokens_per_day = 80
+
 [hub.groups.students]
 models = ["tiny"]
 """
@@ -76,3 +79,30 @@ def test_the_admin_scope_sees_and_changes_everything(hub: Hub) -> None:
     assert r.status_code == 200
     r = call(hub, "DELETE", "/api/delete", carol, json={"model": "copy:1"})
     assert r.status_code == 200
+
+
+def generate(hub: Hub, token: str, tokens: int) -> httpx.Response:
+    body = {"model": "tiny", "prompt": "the", "raw": True, "stream": False}
+    return call(
+        hub, "POST", "/api/generate", token, json=body | {"options": {"num_predict": tokens}}
+    )
+
+
+def test_usage_is_kept_per_user_and_shown_to_whom_it_belongs(hub: Hub) -> None:
+    alice, bob, carol = (hub.token_for(u) for u in ("alice", "bob", "carol"))
+    assert generate(hub, alice, 3).status_code == generate(hub, bob, 5).status_code == 200
+    mine = call(hub, "GET", "/usage", bob).json()
+    assert mine["admin"] is False and {row["user"] for row in mine["usage"]} == {"bob"}
+    assert sum(row["completion_tokens"] for row in mine["usage"]) >= 5
+    everyone = call(hub, "GET", "/usage", carol).json()
+    assert everyone["admin"] is True and {"alice", "bob"} <= {r["user"] for r in everyone["usage"]}
+
+
+def test_a_daily_quota_is_a_429_that_says_not_to_retry(hub: Hub) -> None:
+    dave = hub.token_for("dave")
+    answers = [generate(hub, dave, 60) for _ in range(4)]  # 80 tokens a day: 2 or 3 answers
+    assert answers[0].status_code == 200
+    r = answers[-1]
+    assert r.status_code == 429 and "tokens_per_day" in r.json()["error"]
+    assert int(r.headers["retry-after"]) >= 1 and r.headers["x-should-retry"] == "false"
+    assert generate(hub, hub.token_for("carol"), 3).status_code == 200  # admins: no quota

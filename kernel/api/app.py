@@ -59,6 +59,8 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         finally:
             preload.cancel()
             await engine.close()
+            if app.state.quotas is not None:
+                app.state.quotas.usage.close()
 
     app = FastAPI(
         title="FerrousForge",
@@ -79,11 +81,14 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         settings.jwt_audience,
         settings.jwt_leeway,
     )
-    app.state.hub = None
+    app.state.hub = app.state.quotas = None
     if settings.hub.enabled:
         from .hub import HubIdentity
+        from .usage import Quotas, Usage
 
         app.state.hub = HubIdentity(settings.hub)
+        app.state.quotas = Quotas(settings.hub.quotas, Usage(settings.home / "usage.sqlite"))
+        engine.hooks.add(app.state.quotas)
     app.state.limiter = limiter
     app.state.pull_policy = PullPolicy.from_settings(settings, trusted=False)  # /api/pull's
     app.state.metrics = metrics
@@ -93,6 +98,11 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(openai.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
     app.include_router(webapp.router(engine, guarded))
+
+    if settings.hub.enabled:
+        from .hub import router as hub_router
+
+        app.include_router(hub_router, dependencies=guarded)
 
     @app.get("/health", tags=["ops"], responses=OPS)
     async def health() -> dict[str, str]:

@@ -37,6 +37,8 @@ def headers(e: ForgeError) -> dict[str, str]:
     found = {}
     if isinstance(e, RateLimited):
         found["Retry-After"] = str(max(1, round(e.retry_after)))
+        if not e.should_retry:  # the anthropic SDK would otherwise sleep it out and retry
+            found["x-should-retry"] = "false"
     if e.status == 401:
         found["WWW-Authenticate"] = "Bearer"
     return found
@@ -44,7 +46,7 @@ def headers(e: ForgeError) -> dict[str, str]:
 
 async def forge_error(request: Request, e: ForgeError) -> JSONResponse:
     """The exception handler for every ForgeError a route raises."""
-    return JSONResponse(body(request.url.path, e), status_code=e.status, headers=headers(e))
+    return JSONResponse(body(request.scope["path"], e), status_code=e.status, headers=headers(e))
 
 
 async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -52,7 +54,7 @@ async def http_error(request: Request, e: HTTPException) -> JSONResponse:
     err = RequestError(str(e.detail) if e.detail else "request refused")
     err.status = e.status_code
     return JSONResponse(
-        body(request.url.path, err), status_code=e.status_code, headers=dict(e.headers or {})
+        body(request.scope["path"], err), status_code=e.status_code, headers=dict(e.headers or {})
     )
 
 
@@ -61,7 +63,7 @@ async def bad_request(request: Request, e: RequestValidationError) -> JSONRespon
     first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     err = RequestError(f"invalid request: {where + ': ' if where else ''}{first.get('msg', '')}")
-    return JSONResponse(body(request.url.path, err), status_code=400)
+    return JSONResponse(body(request.scope["path"], err), status_code=400)
 
 
 async def refuse(send: Send, path: str, e: ForgeError, extra: dict[str, str] | None = None) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..access import Access, allowed_models
+from fastapi import APIRouter, Request
+
+from ..access import Access, allowed_models, current_access
 from ..errors import ConfigError, Forbidden, MissingExtra, Unauthorized
 from .auth import Principal
 
@@ -94,3 +96,14 @@ class ServicePrefix:
                 root = scope.get("root_path", "") + self.prefix[:-1]
                 scope = dict(scope, path=rest, root_path=root)
         await self.app(scope, receive, send)
+
+
+router = APIRouter(tags=["hub"])
+
+
+@router.get("/usage", operation_id="hub_usage")
+async def usage(request: Request) -> dict[str, Any]:
+    """Requests and tokens by user and model: the caller's own, or everyone's for admins."""
+    access = current_access.get()
+    report = request.app.state.quotas.usage.report(None if access.admin else access.user)
+    return {"user": access.user, "admin": access.admin, "usage": report}

@@ -17,6 +17,7 @@ async def guard(request: Request) -> Principal:
     principal: Principal
     if state.hub is not None:
         principal, access = await state.hub.authenticate(request.headers)
+        state.quotas.admit(access)
     else:
         principal, access = state.auth.authenticate(request.headers.get("authorization")), EVERYONE
     state.limiter.admit(principal.id)
