@@ -106,3 +106,23 @@ def test_a_daily_quota_is_a_429_that_says_not_to_retry(hub: Hub) -> None:
     assert r.status_code == 429 and "tokens_per_day" in r.json()["error"]
     assert int(r.headers["retry-after"]) >= 1 and r.headers["x-should-retry"] == "false"
     assert generate(hub, hub.token_for("carol"), 3).status_code == 200  # admins: no quota
+
+
+def test_a_personal_key_works_with_the_openai_client_until_revoked(hub: Hub) -> None:
+    import openai
+
+    alice = hub.token_for("alice")
+    made = call(hub, "POST", "/keys", alice, json={"name": "laptop"})
+    assert made.status_code == 201 and made.json()["key"].startswith("ffk-")
+    listed = call(hub, "GET", "/keys", alice).json()
+    assert [k["name"] for k in listed] == ["laptop"] and "key" not in listed[0]
+    client = openai.OpenAI(base_url=hub.url + "/services/forge/v1", api_key=made.json()["key"])
+    answer = client.completions.create(model="tiny", prompt="the", max_tokens=3)
+    assert answer.choices[0].text and answer.usage is not None
+    with pytest.raises(openai.PermissionDeniedError, match="staff-only"):  # her groups hold
+        client.completions.create(model="staff-only", prompt="the", max_tokens=3)
+    bob = hub.token_for("bob")
+    assert call(hub, "DELETE", f"/keys/{made.json()['id']}", bob).status_code == 404  # not his
+    assert call(hub, "DELETE", f"/keys/{made.json()['id']}", alice).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        client.completions.create(model="tiny", prompt="the", max_tokens=3)

@@ -61,6 +61,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
             await engine.close()
             if app.state.quotas is not None:
                 app.state.quotas.usage.close()
+                app.state.hub.keys.close()
 
     app = FastAPI(
         title="FerrousForge",
@@ -86,7 +87,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         from .hub import HubIdentity
         from .usage import Quotas, Usage
 
-        app.state.hub = HubIdentity(settings.hub)
+        app.state.hub = HubIdentity(settings.hub, settings.home)
         app.state.quotas = Quotas(settings.hub.quotas, Usage(settings.home / "usage.sqlite"))
         engine.hooks.add(app.state.quotas)
     app.state.limiter = limiter

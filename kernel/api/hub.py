@@ -12,13 +12,16 @@ the groups' allowlists in ``[hub.groups.<name>]`` say which models the others ma
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
 from ..access import Access, allowed_models, current_access
-from ..errors import ConfigError, Forbidden, MissingExtra, Unauthorized
+from ..errors import ConfigError, Forbidden, MissingExtra, NotFound, Unauthorized
 from .auth import Principal
+from .keys import PREFIX, Keys
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 class HubIdentity:
     """Who a request's hub token belongs to, and what they may do here."""
 
-    def __init__(self, settings: HubSettings) -> None:
+    def __init__(self, settings: HubSettings, home: Path) -> None:
         try:
             from jupyterhub.services.auth import HubOAuth
         except ImportError as e:
@@ -40,6 +43,7 @@ class HubIdentity:
                 "(c.JupyterHub.services), which sets JUPYTERHUB_API_TOKEN"
             )
         self.settings = settings
+        self.keys = Keys(home / "usage.sqlite")
         # The hub's answers are cached; a user's new groups count from the next lookup.
         self._hub = HubOAuth(cache_max_age=int(settings.identity_cache))
         name = os.environ.get("JUPYTERHUB_SERVICE_NAME", "forge")
@@ -49,11 +53,16 @@ class HubIdentity:
         }
 
     async def authenticate(self, headers: Any) -> tuple[Principal, Access]:
-        """The caller of a request with these headers; 401 without a valid token, 403 when
-        the token does not grant access to this service."""
+        """The caller of a request with these headers (a hub token, or a personal key made
+        at /keys); 401 without a valid one, 403 when a hub token lacks this service."""
         token = _token(headers.get("authorization"))
         if token is None:
             raise Unauthorized("log in through the hub: send 'Authorization: token <hub token>'")
+        if token.startswith(PREFIX):
+            access = self.keys.access(token)
+            if access is None:
+                raise Unauthorized("no such personal key (revoked?); make one at /keys")
+            return Principal(f"hub:{access.user}", "hub"), access
         user = await self._hub.user_for_token(token, sync=False)
         if not user:
             raise Unauthorized("the hub does not know this token (expired or revoked?)")
@@ -107,3 +116,28 @@ async def usage(request: Request) -> dict[str, Any]:
     access = current_access.get()
     report = request.app.state.quotas.usage.report(None if access.admin else access.user)
     return {"user": access.user, "admin": access.admin, "usage": report}
+
+
+class KeyName(BaseModel):
+    name: str = Field("key", min_length=1, max_length=100)
+
+
+@router.get("/keys", operation_id="hub_keys")
+async def keys(request: Request) -> list[dict[str, Any]]:
+    """The caller's personal keys (never their secrets)."""
+    return request.app.state.hub.keys.list(current_access.get().user)  # type: ignore[no-any-return]
+
+
+@router.post("/keys", operation_id="hub_mint_key", status_code=201)
+async def mint(body: KeyName, request: Request) -> dict[str, Any]:
+    """A new personal key for outside tools, carrying the caller's identity, groups and
+    quotas: its secret is in this answer only."""
+    return request.app.state.hub.keys.mint(current_access.get(), body.name)  # type: ignore[no-any-return]
+
+
+@router.delete("/keys/{key_id}", operation_id="hub_revoke_key")
+async def revoke(key_id: str, request: Request) -> dict[str, Any]:
+    """Revoke one of the caller's keys; 404 when it has none of that id."""
+    if not request.app.state.hub.keys.revoke(current_access.get().user, key_id[:64]):
+        raise NotFound(f"no key {key_id[:64]!r} of yours")
+    return {"revoked": key_id}
