@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..access import Access, allowed_models
+from .usage import connect
 
 PREFIX = "ffk-"  # tells a personal key from a hub token at a glance
 
@@ -32,11 +31,7 @@ class Keys:
     """The keys table; every method is a few rows under a lock, on the event loop."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db, self._lock = connect(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:

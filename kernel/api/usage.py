@@ -31,6 +31,16 @@ CREATE TABLE IF NOT EXISTS usage (
 """
 
 
+def connect(path: Path, schema: str) -> tuple[sqlite3.Connection, threading.Lock]:
+    """A connection to the SQLite file at ``path`` with ``schema`` made, used from any
+    thread under the lock that comes with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(schema)
+    return db, threading.Lock()
+
+
 def _today() -> str:
     return datetime.datetime.now(datetime.UTC).date().isoformat()
 
@@ -40,11 +50,7 @@ class Usage:
     request, made on the event loop under a lock (WAL keeps readers off the writer)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db, self._lock = connect(path, _SCHEMA)
 
     def add(self, user: str, model: str, prompt: int, completion: int) -> None:
         with self._lock:
