@@ -39,7 +39,8 @@ c.JupyterHub.load_groups = {{
     "staff": {{"users": ["carol"]}},
 }}
 c.JupyterHub.load_roles = [
-    {{"name": "user", "scopes": ["self", "access:services!service=forge"]}},
+    {{"name": "user", "scopes": ["self", "access:services!service=forge",
+                                "read:services!service=forge"]}},
     {{"name": "forge-admin", "users": ["carol"], "scopes": ["custom:forge:admin"]}},
     {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens", "groups"]}},
 ]

@@ -4,6 +4,9 @@ models each user may use, and only the admin scope changes the store."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -126,3 +129,24 @@ def test_a_personal_key_works_with_the_openai_client_until_revoked(hub: Hub) -> 
     assert call(hub, "DELETE", f"/keys/{made.json()['id']}", alice).status_code == 200
     with pytest.raises(openai.AuthenticationError):
         client.completions.create(model="tiny", prompt="the", max_tokens=3)
+
+
+def test_a_hub_users_kernel_finds_the_service_with_no_configuration(hub: Hub) -> None:
+    """What a kernel in Alice's server has: the hub's API URL and her token, no FORGE_*."""
+    code = (
+        "from ferrousforge import notebook\n"
+        "e = notebook.shared()\n"
+        "r = e.generate('tiny', 'the', raw=True, options={'max_tokens': 3})\n"
+        "print(type(e).__name__, r.stats.eval_count)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORGE_", "JUPYTERHUB_"))}
+    env |= {
+        "JUPYTERHUB_API_URL": hub.url + "/hub/api",
+        "JUPYTERHUB_API_TOKEN": hub.token_for("alice"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    kind, count = r.stdout.split()
+    assert kind == "RemoteEngine" and int(count) >= 1

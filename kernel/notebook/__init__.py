@@ -33,8 +33,13 @@ def use(engine: EngineClient | None) -> None:
 
 
 def _connect() -> EngineClient:
-    url = os.environ.get("FORGE_URL")
-    if url:
+    from .hub import hub_service
+
+    if found := hub_service():  # a hub user's server: the hub's shared engine
+        from ..client import RemoteEngine
+
+        return RemoteEngine(found[0], api_key=found[1])
+    if url := os.environ.get("FORGE_URL"):
         from ..client import RemoteEngine
 
         return RemoteEngine(url, api_key=os.environ.get("FORGE_API_KEY"))

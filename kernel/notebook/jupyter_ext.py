@@ -28,6 +28,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..config import load_settings
+from .hub import hub_service
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server"}
 
@@ -58,7 +59,7 @@ class ProxyHandler(APIHandler):
     """``forge/<path>`` → the engine's ``/<path>``. NDJSON and SSE pass through chunk by
     chunk, and a client that leaves closes the upstream request."""
 
-    def initialize(self, backend: Backend) -> None:
+    def initialize(self, backend: Backend | HubBackend) -> None:
         self.backend = backend
 
     @web.authenticated
@@ -113,7 +114,7 @@ class ProxyHandler(APIHandler):
 class UiHandler(JupyterHandler):
     """``forge/ui``: the models in the store, what is loaded, and the devices."""
 
-    def initialize(self, backend: Backend) -> None:
+    def initialize(self, backend: Backend | HubBackend) -> None:
         self.backend = backend
 
     @web.authenticated
@@ -195,8 +196,20 @@ td,th{{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}}
 </head><body><h1>FerrousForge</h1>{body}</body></html>"""
 
 
+class HubBackend:
+    """The hub's shared forge service, reached with this user's hub token: on a hub the
+    extension starts no engine of its own."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url.rstrip("/"), key
+
+    def stop(self) -> None:
+        pass
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    backend = Backend(Path(serverapp.root_dir))
+    found = hub_service()
+    backend = HubBackend(*found) if found else Backend(Path(serverapp.root_dir))
     serverapp.web_app.settings["ferrousforge_backend"] = backend
     os.environ["FORGE_URL"] = backend.url  # inherited by every kernel started from now on
     os.environ["FORGE_API_KEY"] = backend.key
