@@ -64,6 +64,26 @@ c.JupyterHub.services = [
 class Hub:
     url: str  # the proxy's public URL
     admin_token: str  # the "tester" service's token: makes users' tokens
+    forge_port: int  # where the hub's forge service listens
+
+    def forge_pid(self) -> int:
+        """The process of the forge service (started by the hub this test started)."""
+        import psutil
+
+        for c in psutil.net_connections(kind="tcp"):
+            port = c.laddr[1] if c.laddr else None
+            if c.status == psutil.CONN_LISTEN and port == self.forge_port and c.pid:
+                return int(c.pid)
+        raise AssertionError(f"nothing listens on {self.forge_port}")
+
+    def wait_healthy(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/services/forge/health", timeout=5).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, "forge did not answer through the hub"
+            time.sleep(0.5)
 
     def token_for(self, user: str) -> str:
         """A new API token of ``user`` (created, with the user, through the hub's API)."""
@@ -81,14 +101,14 @@ def running_hub(root: Path, home: Path, forge_config: Path) -> Iterator[Hub]:
     """The hub over ``home`` (the engine's store), stopped by its PID (which stops forge)."""
     proxy = shutil.which("configurable-http-proxy")
     assert proxy, "configurable-http-proxy is not installed: ./dev.sh test installs it"
-    port, admin_token = free_port(), secrets.token_hex(16)
+    port, admin_token, forge_port = free_port(), secrets.token_hex(16), free_port()
     config = root / "jupyterhub_config.py"
     config.write_text(
         CONFIG.format(
             port=port,
             hub_port=free_port(),
             proxy_api=free_port(),
-            forge_port=free_port(),
+            forge_port=forge_port,
             root=root,
             home=home,
             forge_config=forge_config,
@@ -104,16 +124,12 @@ def running_hub(root: Path, home: Path, forge_config: Path) -> Iterator[Hub]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    hub = Hub(f"http://127.0.0.1:{port}", admin_token)
+    hub = Hub(f"http://127.0.0.1:{port}", admin_token, forge_port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(hub.url + "/services/forge/health", timeout=5).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the hub or forge did not start: {_tail(root)}")
-            time.sleep(0.5)
+        try:
+            hub.wait_healthy(90)
+        except AssertionError:
+            raise AssertionError(f"the hub or forge did not start: {_tail(root)}") from None
         yield hub
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ models each user may use, and only the admin scope changes the store."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +151,10 @@ def test_a_hub_users_kernel_finds_the_service_with_no_configuration(hub: Hub) ->
     assert r.returncode == 0, r.stderr
     kind, count = r.stdout.split()
     assert kind == "RemoteEngine" and int(count) >= 1
+
+
+def test_the_hub_restarts_a_crashed_service(hub: Hub) -> None:
+    alice = hub.token_for("alice")
+    os.kill(hub.forge_pid(), signal.SIGKILL)  # a native crash, as far as the hub can tell
+    hub.wait_healthy(120)  # the hub polls its services about every 30 s
+    assert generate(hub, alice, 3).status_code == 200
