@@ -1,5 +1,6 @@
 """A real JupyterHub (configurable-http-proxy, DummyAuthenticator, SimpleLocalProcessSpawner)
-on 127.0.0.1 that starts ``forge serve --hub`` as its managed service ``forge``."""
+on 127.0.0.1, run with the shipped deploy/jupyterhub/jupyterhub_config.py: it starts
+``forge serve --hub`` as its managed service ``forge``."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import httpx
 
 from .labharness import free_port
 
-CONFIG = """
-import sys
-c = get_config()  # noqa: F821
+SHIPPED = Path(__file__).parent.parent / "deploy/jupyterhub/jupyterhub_config.py"
+# What a test changes in the shipped config: ports, files, logins, groups, its own token.
+OVERRIDES = """
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -31,32 +32,14 @@ c.JupyterHub.db_url = "sqlite:///{root}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
 c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.spawner_class = "simple"
-c.JupyterHub.custom_scopes = {{
-    "custom:forge:admin": {{"description": "administer the shared forge engine"}},
-}}
 c.JupyterHub.load_groups = {{
     "students": {{"users": ["alice", "bob", "dave"]}},
     "staff": {{"users": ["carol"]}},
 }}
-c.JupyterHub.load_roles = [
-    {{"name": "user", "scopes": ["self", "access:services!service=forge",
-                                "read:services!service=forge"]}},
-    {{"name": "forge-admin", "users": ["carol"], "scopes": ["custom:forge:admin"]}},
-    {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens", "groups"]}},
-]
-c.JupyterHub.services = [
-    {{
-        "name": "forge",
-        "url": "http://127.0.0.1:{forge_port}",
-        "command": [sys.executable, "-m", "ferrousforge", "serve", "--hub",
-                    "--port", "{forge_port}"],
-        "environment": {{"FORGE_HOME": "{home}", "FORGE_CONFIG": "{forge_config}",
-                         "FORGE_THREADS": "1"}},
-        "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": ["custom:forge:admin"],
-    }},
-    {{"name": "tester", "api_token": "{admin_token}"}},
-]
+c.JupyterHub.load_roles.append(
+    {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens", "groups"]}}
+)
+c.JupyterHub.services.append({{"name": "tester", "api_token": "{admin_token}"}})
 """
 
 
@@ -103,24 +86,22 @@ def running_hub(root: Path, home: Path, forge_config: Path) -> Iterator[Hub]:
     assert proxy, "configurable-http-proxy is not installed: ./dev.sh test installs it"
     port, admin_token, forge_port = free_port(), secrets.token_hex(16), free_port()
     config = root / "jupyterhub_config.py"
-    config.write_text(
-        CONFIG.format(
-            port=port,
-            hub_port=free_port(),
-            proxy_api=free_port(),
-            forge_port=forge_port,
-            root=root,
-            home=home,
-            forge_config=forge_config,
-            admin_token=admin_token,
-        )
+    overrides = OVERRIDES.format(
+        port=port, hub_port=free_port(), proxy_api=free_port(), root=root, admin_token=admin_token
     )
+    config.write_text(SHIPPED.read_text() + overrides)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FORGE_", "JUPYTERHUB_"))}
     log = (root / "hub.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(config)],
         cwd=root,
-        env=env | {"PATH": f"{Path(proxy).parent}:{env.get('PATH', '')}"},
+        env=env
+        | {
+            "PATH": f"{Path(proxy).parent}:{env.get('PATH', '')}",
+            "FORGE_PORT": str(forge_port),
+            "FORGE_HOME": str(home),
+            "FORGE_CONFIG": str(forge_config),
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -1,0 +1,48 @@
+"""A JupyterHub that uses a FerrousForge engine on another host (registered by URL).
+
+The hub does not start or restart it (systemd or Kubernetes does: see deploy/). Start the
+engine there with the same token and the hub's API in its environment:
+
+    JUPYTERHUB_API_URL=http://hub.internal:8081/hub/api
+    JUPYTERHUB_API_TOKEN=<FORGE_SERVICE_TOKEN>
+    JUPYTERHUB_SERVICE_NAME=forge
+    JUPYTERHUB_SERVICE_PREFIX=/services/forge/
+    forge serve --hub --host 0.0.0.0 --allowed-host forge.internal
+
+Environment: FORGE_URL (http://forge.internal:11434), FORGE_SERVICE_TOKEN (required: the
+shared secret; `openssl rand -hex 32`), FORGE_ADMIN_GROUP (staff).
+"""
+
+import os
+
+c = get_config()  # noqa: F821 (JupyterHub's config loader provides it)
+
+c.JupyterHub.custom_scopes = {
+    "custom:forge:admin": {"description": "pull, remove and preload models; see all usage"},
+}
+c.JupyterHub.load_roles = [
+    {
+        "name": "user",
+        "scopes": ["self", "access:services!service=forge", "read:services!service=forge"],
+    },
+    {
+        "name": "forge-admin",
+        "groups": [os.environ.get("FORGE_ADMIN_GROUP", "staff")],
+        "scopes": ["custom:forge:admin"],
+    },
+]
+c.Spawner.server_token_scopes = [
+    "access:servers!server",
+    "users:activity!user",
+    "access:services!service=forge",
+    "read:services!service=forge",
+]
+c.JupyterHub.services = [
+    {
+        "name": "forge",
+        "url": os.environ.get("FORGE_URL", "http://forge.internal:11434"),
+        "api_token": os.environ["FORGE_SERVICE_TOKEN"],
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:forge:admin"],
+    },
+]
