@@ -170,14 +170,14 @@ def test_stateful_fuzz_follows_links_from_pulls(target: Target) -> None:
 
 
 def test_without_a_key_only_an_open_server_answers(target: Target) -> None:
-    """Requests that send no key: 401 everywhere but /health when the server has keys, and
-    never 401 when it has none."""
+    """Requests that send no key: 401 everywhere but the probes (/health, /ready) when the
+    server has keys, and never 401 when it has none."""
     keyed = bool(target.headers)
     assert (httpx.get(target.url + "/openapi.json").status_code == 401) is keyed
     schema = load_schema(target)
     for result in schema.get_all_operations():
         op = result.ok()
-        locked = keyed and op.path != "/health"
+        locked = keyed and op.path not in ("/health", "/ready")
 
         @given(case=op.as_strategy())
         @settings(max_examples=3, deadline=None, database=None,

@@ -165,7 +165,7 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready", "loading"]
-    loaded: list[str]
+    loaded: int  # models loaded now (which ones: /api/ps, with a key)
 
 
 class PromptTokensDetails(BaseModel):
