@@ -100,6 +100,9 @@ def test_usage_is_kept_per_user_and_shown_to_whom_it_belongs(hub: Hub) -> None:
     assert sum(row["completion_tokens"] for row in mine["usage"]) >= 5
     everyone = call(hub, "GET", "/usage", carol).json()
     assert everyone["admin"] is True and {"alice", "bob"} <= {r["user"] for r in everyone["usage"]}
+    metrics = call(hub, "GET", "/metrics", carol).text  # totals by group, never by user
+    assert 'forge_hub_tokens_total{group="students",model="tiny:latest"}' in metrics
+    assert "alice" not in metrics and "bob" not in metrics
 
 
 def test_a_daily_quota_is_a_429_that_says_not_to_retry(hub: Hub) -> None:

@@ -85,11 +85,13 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.state.hub = app.state.quotas = None
     if settings.hub.enabled:
         from .hub import HubIdentity
-        from .usage import Quotas, Usage
+        from .usage import Quotas, Usage, group_metrics
 
         app.state.hub = HubIdentity(settings.hub, settings.home)
-        app.state.quotas = Quotas(settings.hub.quotas, Usage(settings.home / "usage.sqlite"))
+        usage = Usage(settings.home / "usage.sqlite")
+        app.state.quotas = Quotas(settings.hub.quotas, usage, settings.hub.groups)
         engine.hooks.add(app.state.quotas)
+        metrics.registry.register(group_metrics(app.state.quotas))
     app.state.limiter = limiter
     app.state.pull_policy = PullPolicy.from_settings(settings, trusted=False)  # /api/pull's
     app.state.metrics = metrics

@@ -11,10 +11,11 @@ import logging
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..access import Access
+from ..access import Access, current_access
 from ..config import HubQuotas
 from ..errors import RateLimited
 from ..hooks import InferenceEvent
@@ -92,10 +93,15 @@ class Quotas:
     """Per-user quotas for hub users (admins are exempt), and the hooks that count usage and
     write one audit line per request."""
 
-    def __init__(self, quotas: HubQuotas, usage: Usage) -> None:
+    def __init__(self, quotas: HubQuotas, usage: Usage, groups: Iterable[str] = ()) -> None:
         self.quotas, self.usage = quotas, usage
         self._per_minute = RateLimiter(quotas.requests_per_minute, None)
         self._running: Counter[str] = Counter()  # inferences in flight, by user
+        # Totals for /metrics by configured group ("" for users in none of them): the
+        # labels stay bounded whatever groups the hub has; users are never labels.
+        self._groups = frozenset(groups)
+        self.requests_by: Counter[tuple[str, str]] = Counter()  # (group, model)
+        self.tokens_by: Counter[tuple[str, str]] = Counter()
 
     def admit(self, access: Access) -> None:
         """Raise RateLimited (429) naming the quota a request would break."""
@@ -136,6 +142,9 @@ class Quotas:
         prompt = s.prompt_eval_count + s.prompt_cached if s is not None else 0
         completion = s.eval_count if s is not None else 0
         self.usage.add(user, e.model, prompt, completion)
+        for group in sorted(current_access.get().groups & self._groups) or [""]:
+            self.requests_by[group, e.model] += 1
+            self.tokens_by[group, e.model] += prompt + completion
         audit.info(
             "user=%s model=%s task=%s prompt_tokens=%d completion_tokens=%d outcome=%s",
             user,
@@ -145,3 +154,25 @@ class Quotas:
             completion,
             e.error or "ok",
         )
+
+
+def group_metrics(quotas: Quotas) -> Any:
+    """A Prometheus collector of the hub's totals by group and model."""
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.registry import Collector
+
+    class ByGroup(Collector):
+        def collect(self) -> Iterator[Any]:
+            requests = CounterMetricFamily(
+                "forge_hub_requests", "hub users' inferences", labels=["group", "model"]
+            )
+            tokens = CounterMetricFamily(
+                "forge_hub_tokens", "hub users' prompt and answer tokens", labels=["group", "model"]
+            )
+            for (group, model), n in sorted(quotas.requests_by.items()):
+                requests.add_metric([group, model], n)
+            for (group, model), n in sorted(quotas.tokens_by.items()):
+                tokens.add_metric([group, model], n)
+            yield from (requests, tokens)
+
+    return ByGroup()
