@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home, root = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("root")
     add_null_model(home, "echo:1", {})
     add_null_model(home, "slow:1", {"reply": " ".join(["tick"] * 300), "token_delay": 0.02})
+    add_null_model(home, "crash:1", {"abort_load": True})
     # the old module name, as installed configs hold it: the forwarder must keep working
     with jupyter_server(home, root, TOKEN, "ferrousforge.jupyter_ext") as url:
         yield Server(url, home, root)
@@ -52,7 +54,7 @@ def test_routes_need_the_token(server: Server) -> None:
     assert httpx.get(f"{server.url}/forge/ui").status_code in (302, 403)  # to the login page
     tags = httpx.get(f"{server.url}/forge/api/tags", headers=auth())
     assert tags.status_code == 200
-    assert {m["name"] for m in tags.json()["models"]} == {"echo:1", "slow:1"}
+    assert {m["name"] for m in tags.json()["models"]} == {"crash:1", "echo:1", "slow:1"}
 
 
 def test_cookie_posts_need_jupyters_xsrf_token_whatever_authorization_they_carry(
@@ -137,7 +139,7 @@ def test_kernels_find_the_engine_without_configuration(server: Server) -> None:
         "print(e.load('echo:1', keep_alive='1h').name)\n"
     )
     out = asyncio.run(run_in_kernel(server.url, code))
-    assert out.splitlines() == ["RemoteEngine ['echo:1', 'slow:1']", "echo:1"], out
+    assert out.splitlines() == ["RemoteEngine ['crash:1', 'echo:1', 'slow:1']", "echo:1"], out
     # the kernel loaded it into the server's engine: one copy, seen by everyone
     loaded = httpx.get(f"{server.url}/forge/api/ps", headers=auth()).json()["models"]
     assert [m["name"] for m in loaded] == ["echo:1"]
@@ -268,3 +270,22 @@ async def test_the_proxy_answers_a_json_502_when_the_engine_is_down() -> None:
     async with extension(None) as url, httpx.AsyncClient(headers=auth()) as client:
         r = await client.get(f"{url}/forge/api/tags")
     assert r.status_code == 502 and "the engine is unreachable" in r.json()["error"]
+
+
+def test_the_server_survives_a_crash_of_its_engine(server: Server) -> None:
+    """The engine runs in a child process: an abort in a backend kills the child, the
+    Jupyter server goes on, and the child is started again on the same port and key."""
+    r = httpx.post(f"{server.url}/forge/api/generate", headers=auth(), json={"model": "crash:1"})
+    assert r.status_code == 502  # the engine died under the request
+    assert httpx.get(f"{server.url}/api/status", headers=auth()).status_code == 200
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.get(f"{server.url}/forge/api/tags", headers=auth(), timeout=5)
+            if r.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the engine was not started again"
+        time.sleep(0.2)
+    body = {"model": "echo:1", "prompt": "a b", "stream": False}
+    r = httpx.post(f"{server.url}/forge/api/generate", headers=auth(), json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["response"]

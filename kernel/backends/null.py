@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -66,6 +67,8 @@ class NullMold:
         await asyncio.sleep(float(self._extra.get("load_delay", 0)))
         if msg := self._extra.get("fail_load"):
             raise InvalidModelFile(str(msg))
+        if self._extra.get("abort_load"):  # a native crash, as llama.cpp's aborts are
+            os.abort()
         self._loaded = True
 
     async def unload(self) -> None:

@@ -1,6 +1,7 @@
 """The Jupyter server extension: one engine per Jupyter server, shared by all its kernels.
 
-On load it starts the engine's HTTP API on a private 127.0.0.1 port with a random key, mounts
+On load it starts the engine's HTTP API in a child process it supervises (restarted after a
+crash), on a private 127.0.0.1 port with a random key, mounts
 it under ``<base_url>forge/`` behind Jupyter's own authentication (a request without a
 token gets 403, and a cookie-authenticated POST needs Jupyter's XSRF token, as every Jupyter
 API does), serves a small page at ``forge/ui``, and exports ``FORGE_URL`` and
@@ -15,8 +16,14 @@ installs skip that data file, so it is copied there by hand (``./dev.sh setup`` 
 from __future__ import annotations
 
 import html
+import json
+import logging
 import os
 import secrets
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -28,8 +35,10 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..config import load_settings
+from ..errors import ConfigError
 from .hub import hub_service
 
+log = logging.getLogger(__name__)
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server"}
 
 
@@ -38,21 +47,86 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 class Backend:
-    """The engine's API on a private port and key, on a thread of its own (its own loop).
-    HTTP pulls of local files may reach ``root`` (Jupyter's root folder) and the folders the
-    settings already allow."""
+    """The engine's API on a private 127.0.0.1 port with a random key, in a child process
+    this server supervises: a native crash in a backend (an abort in llama.cpp, say) takes
+    down the child, never the Jupyter server, and the child is started again on the same
+    port with the same key (passed in its environment, not on its command line). HTTP pulls
+    of local files may reach ``root`` (Jupyter's root folder) and the folders the settings
+    already allow."""
 
-    def __init__(self, root: Path) -> None:
-        from ..api.server import ServerThread
+    restart_delay = 1.0  # seconds between a crash and the restart: no tight crash loop
+
+    def __init__(self, root: Path, ready_within: float = 60) -> None:
+        from ..api.server import bind
 
         self.key = secrets.token_urlsafe(24)
         settings = load_settings()
-        update = {"api_keys": [self.key], "pull_paths": [root, *settings.pull_paths]}
-        self._thread = ServerThread(settings.model_copy(update=update))
-        self.url = self._thread.url
+        with bind("127.0.0.1", 0) as probe:  # a free port, kept across restarts
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+        self._env |= {
+            "FORGE_HOST": "127.0.0.1",
+            "FORGE_PORT": str(port),
+            "FORGE_API_KEYS": json.dumps([self.key]),
+            "FORGE_PULL_PATHS": json.dumps([str(root), *map(str, settings.pull_paths)]),
+        }
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _proc against stop() during a restart
+        self._proc = self._start()
+        self.restarts = 0
+        self._wait_ready(ready_within)
+        self._watch = threading.Thread(target=self._supervise, name="forge-engine", daemon=True)
+        self._watch.start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD], env=self._env, stdin=subprocess.DEVNULL
+        )
+
+    def _wait_ready(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ConfigError(f"the engine exited at start (status {self._proc.returncode})")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise ConfigError(f"the engine did not answer within {seconds:.0f} s")
+
+    def _supervise(self) -> None:
+        while True:
+            code = self._proc.wait()
+            if self._stopping.wait(self.restart_delay):
+                return
+            log.error("the engine exited (status %s): starting it again on %s", code, self.url)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._proc = self._start()
+                self.restarts += 1
 
     def stop(self) -> None:
-        self._thread.stop()
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# The child: the engine's server alone, with the settings its environment gives.
+_CHILD = (
+    "from ferrousforge.api.server import serve\n"
+    "from ferrousforge.config import load_settings\n"
+    "serve(load_settings())\n"
+)
 
 
 class ProxyHandler(APIHandler):
