@@ -161,3 +161,22 @@ def test_the_hub_restarts_a_crashed_service(hub: Hub) -> None:
     os.kill(hub.forge_pid(), signal.SIGKILL)  # a native crash, as far as the hub can tell
     hub.wait_healthy(120)  # the hub polls its services about every 30 s
     assert generate(hub, alice, 3).status_code == 200
+
+
+def test_a_browser_logs_in_through_the_hub_and_gets_the_keys_page(hub: Hub) -> None:
+    with httpx.Client(base_url=hub.url, timeout=60) as browser:
+        browser.get("/hub/login")
+        form = {"username": "alice", "password": "any", "_xsrf": browser.cookies["_xsrf"]}
+        assert browser.post("/hub/login", data=form).status_code == 302  # logged in to the hub
+        page = browser.get(
+            "/services/forge/keys", headers={"Accept": "text/html"}, follow_redirects=True
+        )  # -> the hub's authorize -> our oauth_callback -> back here, with our cookie
+        assert page.status_code == 200 and "Personal keys of alice" in page.text
+        assert str(page.url).endswith("/services/forge/keys")
+        origin = {"Origin": hub.url}  # the page's own script: same origin, the cookie
+        made = browser.post("/services/forge/keys", json={"name": "web"}, headers=origin)
+        assert made.status_code == 201 and made.json()["key"].startswith("ffk-")
+        mine = browser.get("/services/forge/usage", headers={"Accept": "text/html"})
+        assert mine.status_code == 200 and "Usage (alice)" in mine.text
+    forged = httpx.get(hub.url + "/services/forge/oauth_callback?code=x&state=y")
+    assert forged.status_code == 403 and "state" in forged.json()["error"]

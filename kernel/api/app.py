@@ -103,9 +103,11 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(webapp.router(engine, guarded))
 
     if settings.hub.enabled:
+        from .hub import login_router
         from .hub import router as hub_router
 
         app.include_router(hub_router, dependencies=guarded)
+        app.include_router(login_router)
 
     @app.get("/health", tags=["ops"], responses=OPS)
     async def health() -> dict[str, str]:

@@ -11,15 +11,22 @@ the groups' allowlists in ``[hub.groups.<name>]`` say which models the others ma
 
 from __future__ import annotations
 
+import base64
+import hmac
+import json
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from ..access import Access, allowed_models, current_access
 from ..errors import ConfigError, Forbidden, MissingExtra, NotFound, Unauthorized
+from . import hub_pages as pages
 from .auth import Principal
 from .keys import PREFIX, Keys
 
@@ -55,7 +62,7 @@ class HubIdentity:
     async def authenticate(self, headers: Any) -> tuple[Principal, Access]:
         """The caller of a request with these headers (a hub token, or a personal key made
         at /keys); 401 without a valid one, 403 when a hub token lacks this service."""
-        token = _token(headers.get("authorization"))
+        token = _token(headers.get("authorization")) or _cookie(headers.get("cookie"), TOKEN)
         if token is None:
             raise Unauthorized("log in through the hub: send 'Authorization: token <hub token>'")
         if token.startswith(PREFIX):
@@ -71,6 +78,40 @@ class HubIdentity:
             raise Forbidden(f"{user['name']}'s token lacks {sorted(self._access)[0]}")
         return Principal(f"hub:{user['name']}", "hub"), self.access(user["name"], user, scopes)
 
+    def login(self, next_path: str) -> tuple[str, str]:
+        """Where to send a browser to log in through the hub, and the state cookie's value
+        that the callback checks (with PKCE: the code is useless without the verifier)."""
+        state = secrets.token_urlsafe(24)
+        verifier, challenge, method = self._hub.generate_pkce_code_challenge()
+        query = urlencode(
+            {
+                "client_id": self._hub.oauth_client_id,
+                "redirect_uri": self._hub.oauth_redirect_uri,
+                "response_type": "code",
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": method,
+            }
+        )
+        cookie = json.dumps({"state": state, "verifier": verifier, "next": next_path})
+        return f"{self._hub.oauth_authorization_url}?{query}", _b64(cookie)
+
+    async def finish_login(self, code: str, state: str, cookie: str | None) -> tuple[str, str]:
+        """The hub token for ``code`` and the page to go back to; 403 on a state that does
+        not match the browser's cookie (a forged or replayed callback)."""
+        try:
+            saved = json.loads(base64.urlsafe_b64decode((cookie or "").encode()))
+        except ValueError:
+            saved = {}
+        if not isinstance(saved, dict) or not hmac.compare_digest(
+            str(saved.get("state", "")), state
+        ):
+            raise Forbidden("this login did not start here (state mismatch): open the page again")
+        token = await self._hub.token_for_code(
+            code, code_verifier=saved.get("verifier"), sync=False
+        )
+        return token, str(saved.get("next") or "")
+
     def access(self, name: str, user: dict[str, Any], scopes: set[str]) -> Access:
         groups = frozenset(user.get("groups") or ())
         if self.settings.admin_scope in scopes:
@@ -81,6 +122,24 @@ class HubIdentity:
             if rule is not None:
                 names.update(rule.models)
         return Access(name, groups, admin=False, models=allowed_models(names))
+
+
+TOKEN, STATE = "forge-hub-token", "forge-hub-oauth-state"  # the service's cookies
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    from http.cookies import CookieError, SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header or "")
+    except CookieError:
+        return None
+    return jar[name].value if name in jar else None
 
 
 def _token(header: str | None) -> str | None:
@@ -108,13 +167,51 @@ class ServicePrefix:
 
 
 router = APIRouter(tags=["hub"])
+login_router = APIRouter(include_in_schema=False)  # no guard: the way in
+
+
+def wants_page(request: Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
+
+
+def login_redirect(request: Request, hub: HubIdentity) -> HTTPException:
+    """A browser without identity goes to the hub's login, and comes back where it was."""
+    here = request.scope.get("root_path", "") + request.scope["path"]
+    if request.url.query:
+        here += "?" + request.url.query
+    url, state = hub.login(here)
+    prefix = request.scope.get("root_path", "") or "/"
+    cookie = f"{STATE}={state}; Path={prefix}; HttpOnly; SameSite=Lax; Max-Age=600"
+    return HTTPException(302, "log in through the hub", {"Location": url, "Set-Cookie": cookie})
+
+
+@login_router.get("/oauth_callback")
+async def oauth_callback(
+    request: Request,
+    code: str = Query(max_length=1024),
+    state: str = Query(max_length=1024),
+) -> Response:
+    """The end of the hub's OAuth login: the token goes in a cookie for this service only."""
+    hub: HubIdentity = request.app.state.hub
+    token, back = await hub.finish_login(code, state, request.cookies.get(STATE))
+    prefix = (request.scope.get("root_path", "") or "").rstrip("/") + "/"
+    if not back.startswith(prefix):  # never an open redirect
+        back = prefix + "keys"
+    answer = RedirectResponse(back, status_code=302)
+    https = request.url.scheme == "https"
+    answer.set_cookie(TOKEN, token, path=prefix, httponly=True, samesite="lax", secure=https)
+    answer.delete_cookie(STATE, path=prefix)
+    return answer
 
 
 @router.get("/usage", operation_id="hub_usage")
-async def usage(request: Request) -> dict[str, Any]:
-    """Requests and tokens by user and model: the caller's own, or everyone's for admins."""
+async def usage(request: Request) -> Any:
+    """Requests and tokens by user and model: the caller's own, or everyone's for admins
+    (a page for browsers)."""
     access = current_access.get()
     report = request.app.state.quotas.usage.report(None if access.admin else access.user)
+    if wants_page(request):
+        return HTMLResponse(pages.usage(access.user, report))
     return {"user": access.user, "admin": access.admin, "usage": report}
 
 
@@ -123,9 +220,12 @@ class KeyName(BaseModel):
 
 
 @router.get("/keys", operation_id="hub_keys")
-async def keys(request: Request) -> list[dict[str, Any]]:
-    """The caller's personal keys (never their secrets)."""
-    return request.app.state.hub.keys.list(current_access.get().user)  # type: ignore[no-any-return]
+async def keys(request: Request) -> Any:
+    """The caller's personal keys (never their secrets); a page to make and revoke them for
+    browsers."""
+    user = current_access.get().user
+    found = request.app.state.hub.keys.list(user)
+    return HTMLResponse(pages.keys(user, found)) if wants_page(request) else found
 
 
 @router.post("/keys", operation_id="hub_mint_key", status_code=201)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import Request
 
 from ..access import EVERYONE, current_access
+from ..errors import Unauthorized
 from ..hooks import InferenceEvent, current_client
 from .auth import Principal
+from .hub import login_redirect, wants_page
 from .ratelimit import RateLimiter
 
 
@@ -16,7 +18,12 @@ async def guard(request: Request) -> Principal:
     state = request.app.state
     principal: Principal
     if state.hub is not None:
-        principal, access = await state.hub.authenticate(request.headers)
+        try:
+            principal, access = await state.hub.authenticate(request.headers)
+        except Unauthorized:
+            if wants_page(request):  # a browser: to the hub's login, and back
+                raise login_redirect(request, state.hub) from None
+            raise
         state.quotas.admit(access)
     else:
         principal, access = state.auth.authenticate(request.headers.get("authorization")), EVERYONE
