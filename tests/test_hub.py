@@ -56,6 +56,8 @@ def call(hub: Hub, method: str, path: str, token: str | None, **kw: object) -> h
 def test_the_hub_starts_forge_and_proxies_it(hub: Hub) -> None:
     r = httpx.get(hub.url + "/services/forge/health", timeout=30)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+    page = httpx.get(hub.url + "/services/forge/web", follow_redirects=True, timeout=30)
+    assert page.status_code == 200 and str(page.url) == hub.url + "/services/forge/web/"
 
 
 def test_hub_tokens_authenticate_and_groups_choose_models(hub: Hub) -> None:

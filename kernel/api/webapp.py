@@ -217,7 +217,8 @@ def router(engine: AsyncEngine, guarded: Sequence[Any] = ()) -> APIRouter:
 
     @web.api_route("", methods=["GET", "HEAD"])
     async def home() -> Response:
-        return RedirectResponse("/web/", headers=ISOLATION)
+        # relative: under a hub's service prefix /services/forge/web goes to .../web/
+        return RedirectResponse("web/", headers=ISOLATION)
 
     @web.api_route("/models.json", methods=["GET", "HEAD"], dependencies=list(guarded))
     async def models() -> Response:
