@@ -33,12 +33,17 @@ c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{root}/users/{{username}}"
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.args = ["--ServerApp.ip=127.0.0.1", "--allow-root"]
+c.Spawner.http_timeout = 120
 c.JupyterHub.load_groups = {{
     "students": {{"users": ["alice", "bob", "dave"]}},
     "staff": {{"users": ["carol"]}},
 }}
 c.JupyterHub.load_roles.append(
-    {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens", "groups"]}}
+    {{"name": "tester", "services": ["tester"],
+      "scopes": ["admin:users", "admin:servers", "tokens", "groups"]}}
 )
 c.JupyterHub.services.append({{"name": "tester", "api_token": "{admin_token}"}})
 """
@@ -59,6 +64,20 @@ class Hub:
             if c.status == psutil.CONN_LISTEN and port == self.forge_port and c.pid:
                 return int(c.pid)
         raise AssertionError(f"nothing listens on {self.forge_port}")
+
+    def spawn(self, user: str, seconds: float = 120) -> None:
+        """Start ``user``'s single-user server (Jupyter, with this project's extension)."""
+        api = self.url + "/hub/api"
+        headers = {"Authorization": f"token {self.admin_token}"}
+        r = httpx.post(f"{api}/users/{user}/server", headers=headers, timeout=30)
+        assert r.status_code in (201, 202, 400), r.text  # 400: it runs already
+        deadline = time.monotonic() + seconds
+        while True:
+            model = httpx.get(f"{api}/users/{user}", headers=headers, timeout=30).json()
+            if (model.get("servers") or {}).get("", {}).get("ready"):
+                return
+            assert time.monotonic() < deadline, f"{user}'s server did not start: {model}"
+            time.sleep(0.5)
 
     def wait_healthy(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

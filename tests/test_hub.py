@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,8 +30,9 @@ default_models = []
 tokens_per_day = 80
 
 [hub.groups.students]
-models = ["tiny"]
+models = ["tiny", "smollm2:135m"]
 """
+SMOLLM2 = "smollm2:135m"
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +43,21 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     with ff.Engine(ff.Settings(home=home)) as engine:
         engine.pull(str(gguf), name="tiny")
         engine.pull(str(gguf), name="staff-only")
+        if (real := smollm2_file()) is not None:  # registered in place: never copied
+            engine.pull(str(real), name=SMOLLM2)
     config = root / "forge.toml"
     config.write_text(FORGE_CONFIG)
     with running_hub(root, home, config) as h:
         yield h
+
+
+def smollm2_file() -> Path | None:
+    """smollm2:135m's GGUF in the real-model test home, when it was pulled there."""
+    test_home = Path(os.environ.get("FORGE_TEST_HOME", "~/.cache/ferrousforge/test-home"))
+    if not (test_home.expanduser() / "manifests/library/smollm2/135m.json").is_file():
+        return None
+    with ff.Engine(ff.Settings(home=test_home.expanduser())) as engine:
+        return Path(engine.show(SMOLLM2).file)
 
 
 def call(hub: Hub, method: str, path: str, token: str | None, **kw: object) -> httpx.Response:
@@ -64,10 +77,11 @@ def test_hub_tokens_authenticate_and_groups_choose_models(hub: Hub) -> None:
     alice = hub.token_for("alice")
     assert call(hub, "GET", "/api/tags", None).status_code == 401
     assert call(hub, "GET", "/api/tags", "not-a-token").status_code == 401
+    hers = {"tiny:latest"} | ({SMOLLM2} if smollm2_file() else set())  # not staff-only
     tags = call(hub, "GET", "/api/tags", alice).json()["models"]
-    assert [m["name"] for m in tags] == ["tiny:latest"]  # staff-only is not listed for her
+    assert {m["name"] for m in tags} == hers
     models = call(hub, "GET", "/v1/models", alice).json()["data"]
-    assert [m["id"] for m in models] == ["tiny:latest"]
+    assert {m["id"] for m in models} == hers
     body = {"model": "tiny", "prompt": "the", "raw": True, "stream": False}
     r = call(hub, "POST", "/api/generate", alice, json=body | {"options": {"num_predict": 3}})
     assert r.status_code == 200 and r.json()["eval_count"] >= 1
@@ -80,7 +94,7 @@ def test_hub_tokens_authenticate_and_groups_choose_models(hub: Hub) -> None:
 def test_the_admin_scope_sees_and_changes_everything(hub: Hub) -> None:
     carol = hub.token_for("carol")  # staff, with the forge-admin role
     tags = call(hub, "GET", "/api/tags", carol).json()["models"]
-    assert sorted(m["name"] for m in tags) == ["staff-only:latest", "tiny:latest"]
+    assert {m["name"] for m in tags} >= {"staff-only:latest", "tiny:latest"}
     r = call(hub, "POST", "/api/copy", carol, json={"source": "tiny", "destination": "copy:1"})
     assert r.status_code == 200
     r = call(hub, "DELETE", "/api/delete", carol, json={"model": "copy:1"})
@@ -182,3 +196,29 @@ def test_a_browser_logs_in_through_the_hub_and_gets_the_keys_page(hub: Hub) -> N
         assert mine.status_code == 200 and "Usage (alice)" in mine.text
     forged = httpx.get(hub.url + "/services/forge/oauth_callback?code=x&state=y")
     assert forged.status_code == 403 and "state" in forged.json()["error"]
+
+
+@pytest.mark.slow
+def test_alices_notebook_uses_the_service_with_no_configuration(hub: Hub) -> None:
+    """Alice's own server, spawned by the hub with this project's extension: a kernel
+    started there runs the magics against the hub's engine, configured by nothing."""
+    if smollm2_file() is None:
+        pytest.skip(f"{SMOLLM2} is not in the test home; ./dev.sh test pulls it first")
+    import asyncio
+
+    from .kernels import run_in_kernel
+
+    hub.spawn("alice")
+    code = (
+        "%load_ext ferrousforge\n"
+        "%forge load smollm2:135m\n"
+        "get_ipython().run_cell_magic('forge', 'smollm2:135m --temperature 0 --max-tokens 30', "
+        "'What is the capital of France? Answer in one word.')\n"
+        "from ferrousforge import notebook\n"
+        "print('engine:', type(notebook.shared()).__name__)\n"
+    )
+    out = asyncio.run(run_in_kernel(hub.url + "/user/alice", hub.token_for("alice"), code, 180))
+    assert "ERROR" not in out, out
+    assert "Paris" in out and "engine: RemoteEngine" in out, out
+    loaded = call(hub, "GET", "/api/ps", hub.token_for("carol")).json()["models"]
+    assert SMOLLM2 in [m["name"] for m in loaded]  # in the shared engine, not the kernel

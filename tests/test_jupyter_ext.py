@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from .conftest import MakeGGUF
+from .kernels import run_in_kernel
 from .labharness import free_port, jupyter_server
 from .nullmodels import add_null_model
 
@@ -93,44 +93,6 @@ def test_ui_lists_models_and_devices(server: Server) -> None:
     assert "echo:1" in page.text and "<td>cpu</td>" in page.text
 
 
-async def run_in_kernel(url: str, code: str) -> str:
-    from tornado.websocket import websocket_connect
-
-    async with httpx.AsyncClient(base_url=url, headers=auth()) as c:
-        kernel = (await c.post("/api/kernels", json={"name": "python3"})).json()
-        try:
-            ws_url = (
-                url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels?token={TOKEN}"
-            )
-            ws = await websocket_connect(ws_url)
-            msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
-            header = {"msg_id": msg_id, "msg_type": "execute_request", "username": "t",
-                      "session": session, "version": "5.3", "date": ""}  # fmt: skip
-            content = {"code": code, "silent": False, "store_history": False,
-                       "user_expressions": {}, "allow_stdin": False}  # fmt: skip
-            message = {"header": header, "parent_header": {}, "metadata": {},
-                       "content": content, "channel": "shell"}  # fmt: skip
-            await ws.write_message(json.dumps(message))
-            out: list[str] = []
-            while True:
-                raw = await asyncio.wait_for(ws.read_message(), 60)
-                assert raw is not None, "the kernel's websocket closed"
-                reply = json.loads(raw)
-                if reply.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = reply["header"]["msg_type"]
-                if kind == "stream":
-                    out.append(reply["content"]["text"])
-                elif kind == "error":
-                    out.append("ERROR " + reply["content"]["evalue"])
-                elif kind == "status" and reply["content"]["execution_state"] == "idle":
-                    break
-            ws.close()
-            return "".join(out)
-        finally:
-            await c.delete(f"/api/kernels/{kernel['id']}")
-
-
 def test_kernels_find_the_engine_without_configuration(server: Server) -> None:
     code = (
         "from ferrousforge import notebook\n"
@@ -138,7 +100,7 @@ def test_kernels_find_the_engine_without_configuration(server: Server) -> None:
         "print(type(e).__name__, sorted(m.name for m in e.list()))\n"
         "print(e.load('echo:1', keep_alive='1h').name)\n"
     )
-    out = asyncio.run(run_in_kernel(server.url, code))
+    out = asyncio.run(run_in_kernel(server.url, TOKEN, code))
     assert out.splitlines() == ["RemoteEngine ['crash:1', 'echo:1', 'slow:1']", "echo:1"], out
     # the kernel loaded it into the server's engine: one copy, seen by everyone
     loaded = httpx.get(f"{server.url}/forge/api/ps", headers=auth()).json()["models"]
@@ -156,7 +118,7 @@ def test_kernels_pull_files_under_the_root_by_relative_path(
         "m = notebook.shared().pull('./small.gguf')\n"
         "print(m.name, m.path)\n"
     )
-    out = asyncio.run(run_in_kernel(server.url, code))
+    out = asyncio.run(run_in_kernel(server.url, TOKEN, code))
     assert out.split() == ["small:latest", str((server.root / "models/small.gguf").resolve())], out
     tags = httpx.get(f"{server.url}/forge/api/tags", headers=auth()).json()["models"]
     assert "small:latest" in {m["name"] for m in tags}
