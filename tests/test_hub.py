@@ -111,9 +111,10 @@ def generate(hub: Hub, token: str, tokens: int) -> httpx.Response:
 def test_usage_is_kept_per_user_and_shown_to_whom_it_belongs(hub: Hub) -> None:
     alice, bob, carol = (hub.token_for(u) for u in ("alice", "bob", "carol"))
     assert generate(hub, alice, 3).status_code == generate(hub, bob, 5).status_code == 200
-    mine = call(hub, "GET", "/usage", bob).json()
-    assert mine["admin"] is False and {row["user"] for row in mine["usage"]} == {"bob"}
-    assert sum(row["completion_tokens"] for row in mine["usage"]) >= 5
+    for user, token in (("alice", alice), ("bob", bob)):  # each sees only their own
+        mine = call(hub, "GET", "/usage", token).json()
+        assert mine["admin"] is False and {row["user"] for row in mine["usage"]} == {user}
+    assert sum(row["completion_tokens"] for row in mine["usage"]) >= 5  # bob's 5
     everyone = call(hub, "GET", "/usage", carol).json()
     assert everyone["admin"] is True and {"alice", "bob"} <= {r["user"] for r in everyone["usage"]}
     metrics = call(hub, "GET", "/metrics", carol).text  # totals by group, never by user
