@@ -109,7 +109,9 @@ def running_hub(root: Path, home: Path, forge_config: Path) -> Iterator[Hub]:
     overrides = OVERRIDES.format(
         port=port, hub_port=free_port(), proxy_api=free_port(), root=root, admin_token=admin_token
     )
-    config.write_text(SHIPPED.read_text() + overrides)
+    config.write_text(
+        f"import sys\nc = get_config()\nload_subconfig({str(SHIPPED)!r})\n" + overrides
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FORGE_", "JUPYTERHUB_"))}
     log = (root / "hub.log").open("wb")
     proc = subprocess.Popen(

@@ -25,28 +25,7 @@ engine_env = {"FORGE_HOME": home}
 if os.environ.get("FORGE_CONFIG"):
     engine_env["FORGE_CONFIG"] = os.environ["FORGE_CONFIG"]
 
-# Admin rights are a custom scope: the hub's identity model carries scopes, not `admin`.
-c.JupyterHub.custom_scopes = {
-    "custom:forge:admin": {"description": "pull, remove and preload models; see all usage"},
-}
-c.JupyterHub.load_roles = [
-    {
-        "name": "user",  # every user: use the service, and let kernels find it
-        "scopes": ["self", "access:services!service=forge", "read:services!service=forge"],
-    },
-    {
-        "name": "forge-admin",
-        "groups": [os.environ.get("FORGE_ADMIN_GROUP", "staff")],
-        "scopes": ["custom:forge:admin"],
-    },
-]
-# The single-user servers' own tokens: what kernels send to the service.
-c.Spawner.server_token_scopes = [
-    "access:servers!server",
-    "users:activity!user",
-    "access:services!service=forge",
-    "read:services!service=forge",
-]
+load_subconfig(os.path.join(os.path.dirname(__file__), "forge_roles.py"))  # noqa: F821
 c.JupyterHub.services = [
     {
         "name": "forge",

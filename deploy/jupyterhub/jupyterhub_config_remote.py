@@ -17,26 +17,7 @@ import os
 
 c = get_config()  # noqa: F821 (JupyterHub's config loader provides it)
 
-c.JupyterHub.custom_scopes = {
-    "custom:forge:admin": {"description": "pull, remove and preload models; see all usage"},
-}
-c.JupyterHub.load_roles = [
-    {
-        "name": "user",
-        "scopes": ["self", "access:services!service=forge", "read:services!service=forge"],
-    },
-    {
-        "name": "forge-admin",
-        "groups": [os.environ.get("FORGE_ADMIN_GROUP", "staff")],
-        "scopes": ["custom:forge:admin"],
-    },
-]
-c.Spawner.server_token_scopes = [
-    "access:servers!server",
-    "users:activity!user",
-    "access:services!service=forge",
-    "read:services!service=forge",
-]
+load_subconfig(os.path.join(os.path.dirname(__file__), "forge_roles.py"))  # noqa: F821
 c.JupyterHub.services = [
     {
         "name": "forge",
