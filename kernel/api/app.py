@@ -85,10 +85,10 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.state.hub = app.state.quotas = None
     if settings.hub.enabled:
         from .hub import HubIdentity
-        from .usage import Quotas, Usage, group_metrics
+        from .usage import LEDGER, Quotas, Usage, group_metrics
 
         app.state.hub = HubIdentity(settings.hub, settings.home)
-        usage = Usage(settings.home / "usage.sqlite")
+        usage = Usage(settings.home / LEDGER)
         app.state.quotas = Quotas(settings.hub.quotas, usage, settings.hub.groups)
         engine.hooks.add(app.state.quotas)
         metrics.registry.register(group_metrics(app.state.quotas))

@@ -29,6 +29,7 @@ from ..errors import ConfigError, Forbidden, MissingExtra, NotFound, Unauthorize
 from . import hub_pages as pages
 from .auth import Principal
 from .keys import PREFIX, Keys
+from .usage import LEDGER
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -50,7 +51,7 @@ class HubIdentity:
                 "(c.JupyterHub.services), which sets JUPYTERHUB_API_TOKEN"
             )
         self.settings = settings
-        self.keys = Keys(home / "usage.sqlite")
+        self.keys = Keys(home / LEDGER)
         # The hub's answers are cached; a user's new groups count from the next lookup.
         self._hub = HubOAuth(cache_max_age=int(settings.identity_cache))
         name = os.environ.get("JUPYTERHUB_SERVICE_NAME", "forge")
@@ -73,10 +74,9 @@ class HubIdentity:
         user = await self._hub.user_for_token(token, sync=False)
         if not user:
             raise Unauthorized("the hub does not know this token (expired or revoked?)")
-        scopes = set(user.get("scopes") or ())
         if not self._hub.check_scopes(self._access, user):
             raise Forbidden(f"{user['name']}'s token lacks {sorted(self._access)[0]}")
-        return Principal(f"hub:{user['name']}", "hub"), self.access(user["name"], user, scopes)
+        return Principal(f"hub:{user['name']}", "hub"), self.access(user)
 
     def login(self, next_path: str) -> tuple[str, str]:
         """Where to send a browser to log in through the hub, and the state cookie's value
@@ -112,9 +112,11 @@ class HubIdentity:
         )
         return token, str(saved.get("next") or "")
 
-    def access(self, name: str, user: dict[str, Any], scopes: set[str]) -> Access:
-        groups = frozenset(user.get("groups") or ())
-        if self.settings.admin_scope in scopes:
+    def access(self, user: dict[str, Any]) -> Access:
+        """The rights of the hub's identity model ``user``: its groups' models, or all of
+        them with the admin scope."""
+        name, groups = user["name"], frozenset(user.get("groups") or ())
+        if self.settings.admin_scope in (user.get("scopes") or ()):
             return Access(name, groups, admin=True)
         names = set(self.settings.default_models)
         for group in groups:

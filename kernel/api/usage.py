@@ -22,6 +22,7 @@ from ..hooks import InferenceEvent
 from .ratelimit import RateLimiter
 
 audit = logging.getLogger("ferrousforge.audit")
+LEDGER = "usage.sqlite"  # in the engine's home: usage and personal keys
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (

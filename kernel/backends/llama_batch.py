@@ -67,8 +67,8 @@ class Batcher:
         self._cached: OrderedDict[int, list[int]] = OrderedDict()
         self._lock = threading.Lock()  # guards _waiting and _active across threads
         self._active = self._closed = False
-        # what ran: steps, and sequences carried (tests and /metrics read them)
-        self.steps = self.carried = self.preempted = self.busy_steps = self.busy_carried = 0
+        # what ran: steps, and sequences carried by width (tests and /metrics read them)
+        self.steps = self.preempted = self.busy_steps = self.busy_carried = 0
         self.widths: Counter[int] = Counter()  # steps by the sequences they carried
         self.hits = self.hit_tokens = 0  # requests that reused a cached prompt, and its tokens
         self.max_unread, self.stall_after = 256, 30.0  # a reader stuck this long is cut
@@ -241,7 +241,6 @@ class Batcher:
         if rc != 0:
             raise InferenceError(f"llama_decode failed ({rc})")
         self.steps += 1
-        self.carried += len(plan)
         self.widths[len(plan)] += 1
         if len(self._running) + len(self._waiting) >= 4:  # demand for 4 or more
             self.busy_steps += 1

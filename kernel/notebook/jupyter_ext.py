@@ -74,7 +74,6 @@ class Backend:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards _proc against stop() during a restart
         self._proc = self._start()
-        self.restarts = 0
         self._wait_ready(ready_within)
         self._watch = threading.Thread(target=self._supervise, name="forge-engine", daemon=True)
         self._watch.start()
@@ -107,7 +106,6 @@ class Backend:
                 if self._stopping.is_set():
                     return
                 self._proc = self._start()
-                self.restarts += 1
 
     def stop(self) -> None:
         self._stopping.set()
