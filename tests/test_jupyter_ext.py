@@ -251,3 +251,24 @@ def test_the_server_survives_a_crash_of_its_engine(server: Server) -> None:
     body = {"model": "echo:1", "prompt": "a b", "stream": False}
     r = httpx.post(f"{server.url}/forge/api/generate", headers=auth(), json=body, timeout=30)
     assert r.status_code == 200 and r.json()["response"]
+
+
+def test_the_engine_ends_with_a_killed_jupyter_server(tmp_path: Path) -> None:
+    """SIGKILL gives Jupyter no chance to stop its engine: the child sees its parent gone
+    and ends by itself, so no engine is left behind holding a port and memory."""
+    import psutil
+
+    home, root = tmp_path / "home", tmp_path / "root"
+    root.mkdir()
+    add_null_model(home, "echo:1", {})
+    with jupyter_server(home, root, TOKEN) as url:
+        port = int(url.rsplit(":", 1)[1])
+        jupyter = next(
+            psutil.Process(c.pid)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port and c.pid
+        )
+        [engine] = [p for p in jupyter.children() if "serve_for_parent" in " ".join(p.cmdline())]
+        jupyter.kill()
+        engine.wait(30)  # psutil.TimeoutExpired if it outlives its parent
+        assert not engine.is_running()

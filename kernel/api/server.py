@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
 import time
@@ -97,3 +99,17 @@ def serve(settings: Settings) -> None:
         port,
     )
     server.run(sockets=[sock])
+
+
+def serve_for_parent(settings: Settings) -> None:
+    """``serve``, ending as SIGTERM does once the process that started this one is gone,
+    even killed outright: a supervised engine never outlives its supervisor."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # the kernel reparents an orphan
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="forge-parent-watch", daemon=True).start()
+    serve(settings)

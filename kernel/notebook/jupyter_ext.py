@@ -119,11 +119,12 @@ class Backend:
             proc.wait()
 
 
-# The child: the engine's server alone, with the settings its environment gives.
+# The child: the engine's server alone, with the settings its environment gives; it ends
+# when this server does, even one killed outright.
 _CHILD = (
-    "from ferrousforge.api.server import serve\n"
+    "from ferrousforge.api.server import serve_for_parent\n"
     "from ferrousforge.config import load_settings\n"
-    "serve(load_settings())\n"
+    "serve_for_parent(load_settings())\n"
 )
 
 
@@ -280,6 +281,10 @@ class HubBackend:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    if "ferrousforge_backend" in serverapp.web_app.settings:
+        # enabled under both its names (an old config's ferrousforge.jupyter_ext and the
+        # installed one): one engine, not two
+        return
     found = hub_service()
     backend = HubBackend(*found) if found else Backend(Path(serverapp.root_dir))
     serverapp.web_app.settings["ferrousforge_backend"] = backend
