@@ -147,6 +147,7 @@ def test_a_personal_key_works_with_the_openai_client_until_revoked(hub: Hub) -> 
         client.completions.create(model="staff-only", prompt="the", max_tokens=3)
     bob = hub.token_for("bob")
     assert call(hub, "DELETE", f"/keys/{made.json()['id']}", bob).status_code == 404  # not his
+    assert call(hub, "DELETE", "/keys/" + "x" * 65, alice).status_code == 400  # over the limit
     assert call(hub, "DELETE", f"/keys/{made.json()['id']}", alice).status_code == 200
     with pytest.raises(openai.AuthenticationError):
         client.completions.create(model="tiny", prompt="the", max_tokens=3)

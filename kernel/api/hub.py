@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as FastPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
@@ -238,8 +239,8 @@ async def mint(body: KeyName, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/keys/{key_id}", operation_id="hub_revoke_key")
-async def revoke(key_id: str, request: Request) -> dict[str, Any]:
+async def revoke(request: Request, key_id: str = FastPath(max_length=64)) -> dict[str, Any]:
     """Revoke one of the caller's keys; 404 when it has none of that id."""
-    if not request.app.state.hub.keys.revoke(current_access.get().user, key_id[:64]):
-        raise NotFound(f"no key {key_id[:64]!r} of yours")
+    if not request.app.state.hub.keys.revoke(current_access.get().user, key_id):
+        raise NotFound(f"no key {key_id!r} of yours")
     return {"revoked": key_id}
