@@ -23,6 +23,7 @@ from .errors import (
     UnsupportedFormat,
 )
 from .mold import Backend, Device, LoadOptions, Mold
+from .ranking import Ranked, Ranking
 from .schema import (
     ChatRequest,
     Chunk,
@@ -71,6 +72,8 @@ __all__ = [
     "ModelNotLoaded",
     "ModelRequirements",
     "Mold",
+    "Ranked",
+    "Ranking",
     "Result",
     "Settings",
     "Stats",

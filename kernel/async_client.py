@@ -14,7 +14,9 @@ from .errors import EngineUnreachable
 from .interface import KeepAlive, LoadedModel, Messages, Options, Tools
 from .mold import Device
 from .progress import Progress, ProgressCallback, ignore
+from .ranking import Ranking
 from .remote_wire import (
+    CallsSeen,
     chat_body,
     check,
     chunk_of,
@@ -27,6 +29,8 @@ from .remote_wire import (
     progress_of,
     pull_body,
     raise_for,
+    rerank_body,
+    reranked,
     unfinished,
 )
 from .schema import Chunk, Format, Result, result_of
@@ -118,11 +122,14 @@ class AsyncRemoteEngine:
         system: str | None = None,
         raw: bool = False,
         format: Format = None,
+        think: bool | None = None,
         context: builtins.list[int] | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> AsyncIterator[Chunk]:
-        body = generate_body(model, prompt, system, raw, format, context, options, keep_alive)
+        body = generate_body(
+            model, prompt, system, raw, format, context, options, keep_alive, think
+        )
         async for c in _achunks(self._lines("POST", "/api/generate", body), "response"):
             yield c
 
@@ -133,10 +140,11 @@ class AsyncRemoteEngine:
         *,
         tools: Tools = None,
         format: Format = None,
+        think: bool | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> AsyncIterator[Chunk]:
-        body = chat_body(model, messages, tools, format, options, keep_alive)
+        body = chat_body(model, messages, tools, format, options, keep_alive, think)
         async for c in _achunks(self._lines("POST", "/api/chat", body), "message"):
             yield c
 
@@ -156,6 +164,19 @@ class AsyncRemoteEngine:
     ) -> Result:
         body = embed_body(model, input, truncate, keep_alive)
         return embedded(await self._json("POST", "/api/embed", body))
+
+    async def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Ranking:
+        body = rerank_body(model, query, documents, top_n, keep_alive)
+        reply = await self._json("POST", "/api/rerank", body)
+        return reranked(reply, documents)
 
     async def tokenize(self, model: str, text: str) -> builtins.list[int]:
         body = {"model": model, "text": text}
@@ -189,9 +210,10 @@ class AsyncRemoteEngine:
 
 
 async def _achunks(lines: AsyncGenerator[dict[str, Any], None], key: str) -> AsyncIterator[Chunk]:
+    calls = CallsSeen()
     async with contextlib.aclosing(lines):
         async for item in lines:
-            c = chunk_of(item, key)
+            c = calls.see(chunk_of(item, key))
             yield c
             if c.done:
                 return
@@ -199,7 +221,4 @@ async def _achunks(lines: AsyncGenerator[dict[str, Any], None], key: str) -> Asy
 
 
 async def _acollected(chunks: AsyncIterator[Chunk]) -> Result:
-    parts, last = [], Chunk()
-    async for last in chunks:
-        parts.append(last.text)
-    return result_of(parts, last)
+    return result_of([c async for c in chunks])

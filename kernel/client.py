@@ -18,6 +18,7 @@ from .errors import EngineUnreachable
 from .interface import ChunkStream, KeepAlive, LoadedModel, Messages, Options, Tools
 from .mold import Device
 from .progress import Progress, ProgressCallback, ignore
+from .ranking import Ranking
 from .remote_wire import (
     Lines,
     chat_body,
@@ -31,6 +32,8 @@ from .remote_wire import (
     pull_body,
     pulled,
     raise_for,
+    rerank_body,
+    reranked,
 )
 from .schema import Chunk, Format, Result, result_of
 from .store.manifest import Manifest
@@ -124,6 +127,7 @@ class RemoteEngine:
         system: str | None = ...,
         raw: bool = ...,
         format: Format = ...,
+        think: bool | None = ...,
         context: builtins.list[int] | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
@@ -138,6 +142,7 @@ class RemoteEngine:
         system: str | None = ...,
         raw: bool = ...,
         format: Format = ...,
+        think: bool | None = ...,
         context: builtins.list[int] | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
@@ -151,11 +156,14 @@ class RemoteEngine:
         system: str | None = None,
         raw: bool = False,
         format: Format = None,
+        think: bool | None = None,
         context: builtins.list[int] | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> Result | ChunkStream:
-        body = generate_body(model, prompt, system, raw, format, context, options, keep_alive)
+        body = generate_body(
+            model, prompt, system, raw, format, context, options, keep_alive, think
+        )
         chunks = chunks_of(self._lines("POST", "/api/generate", body), "response")
         return chunks if stream else _collected(chunks)
 
@@ -168,6 +176,7 @@ class RemoteEngine:
         stream: Literal[False] = ...,
         tools: Tools = ...,
         format: Format = ...,
+        think: bool | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
     ) -> Result: ...
@@ -180,6 +189,7 @@ class RemoteEngine:
         stream: Literal[True],
         tools: Tools = ...,
         format: Format = ...,
+        think: bool | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
     ) -> ChunkStream: ...
@@ -191,10 +201,11 @@ class RemoteEngine:
         stream: bool = False,
         tools: Tools = None,
         format: Format = None,
+        think: bool | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> Result | ChunkStream:
-        body = chat_body(model, messages, tools, format, options, keep_alive)
+        body = chat_body(model, messages, tools, format, options, keep_alive, think)
         chunks = chunks_of(self._lines("POST", "/api/chat", body), "message")
         return chunks if stream else _collected(chunks)
 
@@ -208,6 +219,18 @@ class RemoteEngine:
     ) -> Result:
         body = embed_body(model, input, truncate, keep_alive)
         return embedded(self._json("POST", "/api/embed", body))
+
+    def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Ranking:
+        body = rerank_body(model, query, documents, top_n, keep_alive)
+        return reranked(self._json("POST", "/api/rerank", body), documents)
 
     def tokenize(self, model: str, text: str) -> builtins.list[int]:
         body = {"model": model, "text": text}
@@ -241,10 +264,7 @@ class RemoteEngine:
 
 
 def _collected(chunks: Iterator[Chunk]) -> Result:
-    parts, last = [], Chunk()
-    for last in chunks:
-        parts.append(last.text)
-    return result_of(parts, last)
+    return result_of(list(chunks))
 
 
 from .async_client import AsyncRemoteEngine  # noqa: E402  (re-exported here)

@@ -185,6 +185,7 @@ class Settings(BaseSettings):
     # -- request limits: a field over one is a 400 that names the setting --
     max_embed_inputs: int = Field(2048, ge=1, description="texts in one embedding request")
     max_embed_tokens: int = Field(300_000, ge=1, description="tokens in one embedding request")
+    max_rerank_documents: int = Field(1000, ge=1, description="documents in one rerank request")
     max_stops: int = Field(16, ge=0, description="stop sequences in one request")
     max_stop_length: int = Field(256, ge=1, description="characters in one stop sequence")
     max_template_length: int = Field(32_768, ge=1, description="characters in a template")
@@ -198,6 +199,15 @@ class Settings(BaseSettings):
     max_num_predict: int = Field(131_072, ge=1, description="largest num_predict/max_tokens")
     max_keep_alive: float = Field(
         10 * 365 * 86400.0, gt=0, description="longest finite keep_alive, in seconds"
+    )
+    responses_ttl: float = Field(
+        30 * 86400.0, gt=0, description="seconds a stored /v1/responses answer is kept"
+    )
+    responses_max: int = Field(
+        10_000, ge=0, description="stored /v1/responses answers kept; past it the oldest go"
+    )
+    responses_max_bytes: int = Field(
+        256 << 20, ge=0, description="bytes of stored /v1/responses answers; the oldest go"
     )
     hub: HubSettings = Field(default_factory=HubSettings)
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector, e.g. :4318")
@@ -248,7 +258,7 @@ class Settings(BaseSettings):
             raise ValueError("a model's parallel count must be at least 1")
         return found
 
-    @field_validator("keep_alive", mode="before")
+    @field_validator("keep_alive", "responses_ttl", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float | None:
         return parse_duration(v)

@@ -3,6 +3,7 @@
 ``--to onnx``: a safetensors encoder folder, exported with ``torch.onnx.export(dynamo=False)``
 (one file, and its graph runs ~30% faster in onnxruntime, DESIGN.md §6). The output's first
 output is ``last_hidden_state``; pooling stays outside the graph, so the browser can share it.
+A cross-encoder (``...ForSequenceClassification``) is exported with its head: ``logits``.
 ``--to tvm``: that ONNX graph compiled with TVM Relax for a target and a set of static
 shapes (``tvm_compile``), as an entry holding the graph and ``tvm.json``.
 No network is used and the source is never changed.
@@ -21,7 +22,7 @@ from pathlib import Path
 from .backends.encoders import TextTokenizer
 from .errors import MissingExtra, UnsupportedFormat
 from .progress import Progress, ProgressCallback, ignore
-from .store.formats import folder_digest, hash_file
+from .store.formats import folder_digest, hash_file, is_cross_encoder
 from .store.manifest import FileEntry, Manifest
 from .store.names import parse_name
 from .store.store import Store
@@ -81,6 +82,10 @@ def _convert_tvm(
     shapes: Sequence[tuple[int, int]],
     progress: ProgressCallback,
 ) -> Manifest:
+    if is_cross_encoder(src.file if src.file.is_dir() else src.file.parent):
+        raise UnsupportedFormat(
+            f"{src.name} is a cross-encoder; the tvm backend runs embedding models only"
+        )
     from .backends.tvm_backend import SPEC, source_of
     from .backends.tvm_compile import Cache, parse_target
 
@@ -180,7 +185,9 @@ def _export_onnx(folder: Path, out: Path) -> None:
     batch = TextTokenizer(folder).encode(["a sample sentence", "and a second, longer one"])
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     tensors = tuple(torch.from_numpy(getattr(batch, n)) for n in inputs)
-    axes = {n: {0: "batch", 1: "tokens"} for n in (*inputs, "last_hidden_state")}
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "tokens"} for n in inputs}
+    output = "logits" if is_cross_encoder(folder) else "last_hidden_state"
+    axes[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "tokens"}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that dynamo is newer
         torch.onnx.export(
@@ -188,7 +195,7 @@ def _export_onnx(folder: Path, out: Path) -> None:
             tensors,
             str(out),
             input_names=list(inputs),
-            output_names=["last_hidden_state"],
+            output_names=[output],
             dynamic_axes=axes,
             opset_version=17,
             dynamo=False,

@@ -21,6 +21,7 @@ from .backends import Backends
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
 from .engine_inference import EngineInference
+from .engine_rerank import EngineRerank
 from .engine_store import EngineStore
 from .errors import Conflict, ModelNotFound
 from .hooks import Hooks, ModelEvent
@@ -55,7 +56,7 @@ class EngineStats:
     occupancy: dict[str, Occupancy]  # by model name
 
 
-class AsyncEngine(EngineInference, EngineStore):
+class AsyncEngine(EngineInference, EngineRerank, EngineStore):
     """The engine on one event loop: the store, the scheduler and the Molds behind the
     ``AsyncEngineClient`` protocol (``interface.py``)."""
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from .mold import Device
 from .progress import ProgressCallback
+from .ranking import Ranking
 from .schema import Chunk, Format, InferenceOptions, Message, Result
 from .store.manifest import Manifest
 
@@ -88,6 +89,7 @@ class EngineClient(Protocol):
         system: str | None = ...,
         raw: bool = ...,
         format: Format = ...,
+        think: bool | None = ...,
         context: builtins.list[int] | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
@@ -102,6 +104,7 @@ class EngineClient(Protocol):
         system: str | None = ...,
         raw: bool = ...,
         format: Format = ...,
+        think: bool | None = ...,
         context: builtins.list[int] | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
@@ -115,6 +118,7 @@ class EngineClient(Protocol):
         stream: Literal[False] = ...,
         tools: Tools = ...,
         format: Format = ...,
+        think: bool | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
     ) -> Result: ...
@@ -127,6 +131,7 @@ class EngineClient(Protocol):
         stream: Literal[True],
         tools: Tools = ...,
         format: Format = ...,
+        think: bool | None = ...,
         options: Options = ...,
         keep_alive: KeepAlive = ...,
     ) -> ChunkStream: ...
@@ -138,6 +143,15 @@ class EngineClient(Protocol):
         truncate: bool = True,
         keep_alive: KeepAlive = None,
     ) -> Result: ...
+    def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Ranking: ...
     def tokenize(self, model: str, text: str) -> builtins.list[int]: ...
     def detokenize(self, model: str, ids: Sequence[int]) -> str: ...
     def close(self) -> None: ...
@@ -186,6 +200,7 @@ class AsyncEngineClient(Protocol):
         system: str | None = None,
         raw: bool = False,
         format: Format = None,
+        think: bool | None = None,
         context: builtins.list[int] | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
@@ -198,6 +213,7 @@ class AsyncEngineClient(Protocol):
         system: str | None = None,
         raw: bool = False,
         format: Format = None,
+        think: bool | None = None,
         context: builtins.list[int] | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
@@ -209,6 +225,7 @@ class AsyncEngineClient(Protocol):
         *,
         tools: Tools = None,
         format: Format = None,
+        think: bool | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> Result: ...
@@ -219,6 +236,7 @@ class AsyncEngineClient(Protocol):
         *,
         tools: Tools = None,
         format: Format = None,
+        think: bool | None = None,
         options: Options = None,
         keep_alive: KeepAlive = None,
     ) -> AsyncIterator[Chunk]: ...
@@ -230,6 +248,15 @@ class AsyncEngineClient(Protocol):
         truncate: bool = True,
         keep_alive: KeepAlive = None,
     ) -> Result: ...
+    async def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Ranking: ...
     async def tokenize(self, model: str, text: str) -> builtins.list[int]: ...
     async def detokenize(self, model: str, ids: Sequence[int]) -> str: ...
     async def close(self) -> None: ...

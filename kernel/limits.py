@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidFormat, LimitExceeded
+from .errors import InvalidFormat, LimitExceeded, RequestError
 from .schema import Format, InferenceOptions
 
 # JSON-schema keywords whose value the grammar converter writes out that many times.
@@ -30,6 +30,7 @@ class Limits:
 
     max_embed_inputs: int = 2048
     max_embed_tokens: int = 300_000
+    max_rerank_documents: int = 1000
     max_stops: int = 16
     max_stop_length: int = 256
     max_template_length: int = 32_768
@@ -76,6 +77,19 @@ class Limits:
             raise LimitExceeded(
                 "the number of inputs", len(texts), self.max_embed_inputs, "max_embed_inputs"
             )
+
+    def rerank_documents(self, documents: Sequence[str], top_n: int | None) -> None:
+        if not documents:
+            raise RequestError("documents is empty: send at least one document to rerank")
+        if len(documents) > self.max_rerank_documents:
+            raise LimitExceeded(
+                "the number of documents",
+                len(documents),
+                self.max_rerank_documents,
+                "max_rerank_documents",
+            )
+        if top_n is not None and top_n < 1:
+            raise RequestError(f"top_n is {top_n}; ask for at least 1 document, or leave it out")
 
     def keep_alive(self, seconds: float | None) -> None:
         if seconds is None or seconds < 0:  # unset, or forever
@@ -145,7 +159,8 @@ class Limits:
 
 
 # The two limits a backend checks itself, once it has tokenized or built a grammar: the
-# engine hands the numbers down (EmbedRequest.max_tokens, LoadOptions.extra).
+# engine hands the numbers down (EmbedRequest.max_tokens and RerankRequest.max_tokens,
+# LoadOptions.extra).
 
 
 def check_embed_tokens(count: int, limit: int | None) -> None:

@@ -15,7 +15,8 @@ from .errors import EngineUnreachable, ForgeError, rebuild
 from .interface import KeepAlive, Messages, Options, Tools
 from .mold import Device
 from .progress import Progress, ProgressCallback
-from .schema import Chunk, Format, Message, Result, Stats, options_of
+from .ranking import Ranked, Ranking
+from .schema import Chunk, Format, Message, Result, Stats, ToolCallDelta, options_of
 from .store.manifest import Manifest
 
 Lines = Iterator[dict[str, Any]]
@@ -30,6 +31,7 @@ def generate_body(
     context: list[int] | None,
     options: Options,
     keep_alive: KeepAlive,
+    think: bool | None = None,
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -37,6 +39,7 @@ def generate_body(
         "system": system,
         "raw": raw,
         "format": format,
+        "think": think,
         "context": context,
         "options": _options(options),
         "keep_alive": keep_alive,
@@ -51,6 +54,7 @@ def chat_body(
     format: Format,
     options: Options,
     keep_alive: KeepAlive,
+    think: bool | None = None,
 ) -> dict[str, Any]:
     msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
     return {
@@ -58,6 +62,7 @@ def chat_body(
         "messages": [m.model_dump(exclude_none=True) for m in msgs],
         "tools": tools,
         "format": format,
+        "think": think,
         "options": _options(options),
         "keep_alive": keep_alive,
         "stream": True,
@@ -89,6 +94,33 @@ def embed_body(
 ) -> dict[str, Any]:
     texts = input if isinstance(input, str) else list(input)
     return {"model": model, "input": texts, "truncate": truncate, "keep_alive": keep_alive}
+
+
+def rerank_body(
+    model: str,
+    query: str,
+    documents: Sequence[str],
+    top_n: int | None,
+    keep_alive: KeepAlive,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "query": query,
+        "documents": list(documents),
+        "top_n": top_n,
+        "keep_alive": keep_alive,
+    }
+
+
+def reranked(reply: dict[str, Any], documents: Sequence[str]) -> Ranking:
+    """``/api/rerank``'s answer; the texts come from ``documents``, by index."""
+    docs = list(documents)
+    results = [
+        Ranked(int(r["index"]), float(r["relevance_score"]), docs[int(r["index"])])
+        for r in reply["results"]
+    ]
+    tokens = int(reply.get("usage", {}).get("prompt_tokens", 0))
+    return Ranking(results, reply["scoring"], Stats(prompt_eval_count=tokens))
 
 
 def _options(options: Options) -> dict[str, Any]:
@@ -128,9 +160,12 @@ def chunk_of(item: dict[str, Any], key: str) -> Chunk:
     """One line of ``/api/generate`` (``key`` "response") or ``/api/chat`` ("message")."""
     value = item.get(key, "")
     text = value.get("content", "") if isinstance(value, dict) else value
-    if not item.get("done"):
-        return Chunk(text)
+    thinking = value.get("thinking") if isinstance(value, dict) else item.get("thinking")
     calls = value.get("tool_calls") if isinstance(value, dict) else None
+    if not item.get("done"):
+        # Ollama sends each tool call whole, on the item where it ended
+        call = ToolCallDelta(0, call=calls[0]) if calls else None
+        return Chunk(text, thinking=thinking or "", call=call)
     return Chunk(
         text,
         True,
@@ -138,16 +173,34 @@ def chunk_of(item: dict[str, Any], key: str) -> Chunk:
         Stats(**_stats_of(item)),
         item.get("context"),
         calls or None,
+        thinking or "",
     )
 
 
 def chunks_of(lines: Lines, key: str) -> Generator[Chunk, None, None]:
+    calls = CallsSeen()
     for item in lines:
-        c = chunk_of(item, key)
+        c = calls.see(chunk_of(item, key))
         yield c
         if c.done:
             return
     raise unfinished("stream")
+
+
+class CallsSeen:
+    """Ollama's stream sends each tool call on the item where it ended; the engine's last
+    chunk lists them all, so a remote stream's last chunk does too."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def see(self, c: Chunk) -> Chunk:
+        if c.call is not None and c.call.call is not None:
+            c.call.index = len(self.calls)
+            self.calls.append(c.call.call)
+        if c.done and self.calls and not c.tool_calls:
+            c.tool_calls = self.calls
+        return c
 
 
 def unfinished(what: str) -> EngineUnreachable:

@@ -13,8 +13,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .toolcalls import extract_tool_calls
-
 log = logging.getLogger(__name__)
 
 
@@ -103,9 +101,16 @@ class Body(BaseModel):
 
 
 class Message(BaseModel):
+    """One chat message. ``tool_calls`` are Ollama's shape (``{"function": {"name",
+    "arguments"}}``, arguments a dict); a ``tool`` message answers one, named by
+    ``tool_name`` (Ollama) or ``tool_call_id`` (OpenAI, Anthropic)."""
+
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    thinking: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 Format = Literal["json"] | dict[str, Any] | None  # "json", or a JSON schema the output obeys
@@ -121,15 +126,21 @@ class GenerateRequest(BaseModel):
     template: str | None = None
     context: list[int] | None = None
     format: Format = None
+    think: bool | None = None
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
 class ChatRequest(BaseModel):
-    """Chat, rendered through the model's own chat template (with ``tools`` if given)."""
+    """Chat, rendered through the model's own chat template (with ``tools`` if given).
+    ``think`` asks a reasoning model to think (true) or not (false, where its template
+    can); None leaves it to the template. ``tool_choice`` is "auto" (the default), "none",
+    "required" or a tool's name: the last two force a call through the output grammar."""
 
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | None = None
     format: Format = None
+    think: bool | None = None
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
@@ -140,7 +151,15 @@ class EmbedRequest(BaseModel):
     options: InferenceOptions = Field(default_factory=InferenceOptions)
 
 
-Request = GenerateRequest | ChatRequest | EmbedRequest
+class RerankRequest(BaseModel):
+    """(query, document) pairs for a cross-encoder (a Mold with the ``rerank`` task)."""
+
+    query: str
+    documents: list[str]
+    max_tokens: int | None = None  # the most tokens all pairs may hold together
+
+
+Request = GenerateRequest | ChatRequest | EmbedRequest | RerankRequest
 
 DoneReason = Literal["stop", "length", "cancel"]
 
@@ -163,6 +182,18 @@ class Stats:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of the tool call numbered ``index`` in a reply: its first piece names it,
+    the next ones carry its arguments as JSON text, piece by piece, and its last one holds
+    the whole call in Ollama's shape (``{"function": {"name", "arguments"}}``)."""
+
+    index: int
+    name: str = ""
+    arguments: str = ""
+    call: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
 class Chunk:
     """One piece of a stream. The last one has ``done=True``, a done_reason and stats.
 
@@ -177,8 +208,11 @@ class Chunk:
     stats: Stats | None = None
     context: list[int] | None = None  # on the last chunk: prompt and answer tokens
     # On the last chunk of a chat with tools: the calls in the whole answer, in Ollama's
-    # shape ({"function": {"name", "arguments"}}); the text chunks carried them as written.
+    # shape ({"function": {"name", "arguments"}}); ``call`` chunks carried them piece by piece.
     tool_calls: list[dict[str, Any]] | None = None
+    thinking: str = ""  # reasoning, split from the answer text by the model's template
+    call: ToolCallDelta | None = None
+    stop_sequence: str | None = None  # on the last chunk: the stop sequence that ended it
 
 
 @dataclass(slots=True)
@@ -191,28 +225,30 @@ class Result:
     stats: Stats = field(default_factory=Stats)
     context: list[int] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    scores: list[float] = field(default_factory=list)  # a cross-encoder's, one per document
+    thinking: str = ""
+    stop_sequence: str | None = None  # the stop sequence that ended the answer
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> Result:
     """Drain a chunk stream into one Result."""
-    parts: list[str] = []
-    last = Chunk()
-    async for last in stream:
-        parts.append(last.text)
-    return result_of(parts, last)
+    chunks = [c async for c in stream]
+    return result_of(chunks)
 
 
-def result_of(parts: Sequence[str], last: Chunk) -> Result:
-    """The Result a stream of ``parts`` ending in ``last`` adds up to."""
-    text = "".join(parts)
-    if last.tool_calls:
-        text = extract_tool_calls(text)[0]
+def result_of(chunks: Sequence[Chunk]) -> Result:
+    """The Result a stream of ``chunks`` adds up to (the last one done)."""
+    last = chunks[-1] if chunks else Chunk()
+    calls = [c.call.call for c in chunks if c.call is not None and c.call.call is not None]
+    text = "".join(c.text for c in chunks)
     return Result(
-        text,
+        text.strip() if calls else text,
         done_reason=last.done_reason,
         stats=last.stats or Stats(),
         context=last.context,
-        tool_calls=last.tool_calls,
+        tool_calls=calls or last.tool_calls,
+        thinking="".join(c.thinking for c in chunks),
+        stop_sequence=last.stop_sequence,
     )
 
 
@@ -241,6 +277,7 @@ def generate_request(
     format: Format = None,
     context: list[int] | None = None,
     options: InferenceOptions | Mapping[str, Any] | None = None,
+    think: bool | None = None,
 ) -> GenerateRequest:
     """A GenerateRequest from the engine's keywords (``generate``, ``generate_stream``)."""
     return GenerateRequest(
@@ -249,6 +286,7 @@ def generate_request(
         raw=raw,
         format=format,
         context=context,
+        think=think,
         options=options_of(options),
     )
 
@@ -259,7 +297,10 @@ def chat_request(
     tools: list[dict[str, Any]] | None = None,
     format: Format = None,
     options: InferenceOptions | Mapping[str, Any] | None = None,
+    think: bool | None = None,
 ) -> ChatRequest:
     """A ChatRequest from the engine's keywords (``chat``, ``chat_stream``)."""
     msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
-    return ChatRequest(messages=msgs, tools=tools, format=format, options=options_of(options))
+    return ChatRequest(
+        messages=msgs, tools=tools, format=format, think=think, options=options_of(options)
+    )

@@ -21,6 +21,7 @@ from .engine import AsyncEngine, EngineStats
 from .interface import ChunkStream, KeepAlive, LoadedModel, Messages
 from .mold import Device
 from .progress import ProgressCallback, ignore
+from .ranking import Ranking
 from .schema import Result
 from .store.manifest import Manifest
 
@@ -130,7 +131,8 @@ class Engine:
     def generate(
         self, model: str, prompt: str, *, stream: bool = False, **kw: Any
     ) -> Result | ChunkStream:
-        """Complete ``prompt``. Keywords: system, raw, format, context, options, keep_alive."""
+        """Complete ``prompt``. Keywords: system, raw, format, think, context, options,
+        keep_alive."""
         if stream:
             return self._loop.iterate(self._engine.generate_stream(model, prompt, **kw))
         return self._loop.run(self._engine.generate(model, prompt, **kw))
@@ -147,7 +149,7 @@ class Engine:
         self, model: str, messages: Messages, *, stream: bool = False, **kw: Any
     ) -> Result | ChunkStream:
         """Answer a conversation through the model's chat template. Keywords: tools,
-        format, options, keep_alive."""
+        format, think, options, keep_alive."""
         if stream:
             return self._loop.iterate(self._engine.chat_stream(model, messages, **kw))
         return self._loop.run(self._engine.chat(model, messages, **kw))
@@ -162,6 +164,20 @@ class Engine:
     ) -> Result:
         return self._loop.run(
             self._engine.embed(model, input, truncate=truncate, keep_alive=keep_alive)
+        )
+
+    def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Ranking:
+        """``documents`` by relevance to ``query``, best first (``AsyncEngine.rerank``)."""
+        return self._loop.run(
+            self._engine.rerank(model, query, documents, top_n=top_n, keep_alive=keep_alive)
         )
 
     def tokenize(self, model: str, text: str) -> list[int]:

@@ -10,8 +10,11 @@ from ferrousforge.store.manifest import Manifest
 from ferrousforge.store.store import Store
 
 
-def add_null_model(home: Path, name: str, behaviour: dict[str, Any]) -> Manifest:
-    """Register a null-backend model whose behaviour comes from ``behaviour``."""
+def add_null_model(
+    home: Path, name: str, behaviour: dict[str, Any], template: str | None = None
+) -> Manifest:
+    """Register a null-backend model whose behaviour comes from ``behaviour``, with
+    ``template`` as its chat template (which decides its thinking and tool-call markup)."""
     manifest = Manifest(
         name=name,
         source="test",
@@ -20,7 +23,7 @@ def add_null_model(home: Path, name: str, behaviour: dict[str, Any]) -> Manifest
         managed=False,
         sha256="0" * 64,
         size=0,
-        metadata=ModelMetadata(name=name, extra=behaviour),
+        metadata=ModelMetadata(name=name, extra=behaviour, chat_template=template),
     )
     Store(home).save(manifest)
     return manifest

@@ -25,6 +25,8 @@ from ferrousforge.errors import (
     InvalidModelFile,
     LimitExceeded,
     ModelNotFound,
+    RequestError,
+    UnsupportedTask,
 )
 from ferrousforge.interface import AsyncEngineClient, EngineClient
 from ferrousforge.progress import Progress
@@ -55,6 +57,8 @@ def stock(home: Path, root: Path) -> None:
     """The models every implementation's store starts with, and a GGUF file to pull."""
     add_null_model(home, "echo:1", {})
     add_null_model(home, "tools:1", {"reply": TOOL_REPLY})
+    think = "{% if enable_thinking %}<think>{% endif %}"  # a template with thinking markers
+    add_null_model(home, "thinker:1", {"reply": "<think> hmm </think> Four."}, think)
     add_null_model(home, "broken:1", {"reply": "one two three four", "fail_after": 2})
     write_tiny_gguf(root / "tiny.gguf")
 
@@ -220,6 +224,20 @@ def test_chat_with_tools_answers_parsed_calls(case: tuple[EngineClient, Path]) -
     assert plain.tool_calls is None and "<tool_call>" in plain.text
 
 
+def test_thinking_comes_apart_from_the_answer(case: tuple[EngineClient, Path]) -> None:
+    engine, _ = case
+    messages = [{"role": "user", "content": "2+2?"}]
+    r = engine.chat("thinker:1", messages)
+    assert (r.thinking, r.text) == ("hmm ", "Four. ")
+    chunks = list(engine.chat("thinker:1", messages, stream=True))
+    assert "".join(c.thinking for c in chunks) == "hmm " and chunks[-1].done
+    assert "".join(c.text for c in chunks) == "Four. "
+    quiet = engine.generate("thinker:1", "2+2?", think=False)
+    assert (quiet.thinking, quiet.text) == ("", "Four. ")
+    with pytest.raises(UnsupportedTask, match="does not support thinking"):
+        engine.chat("echo:1", messages, think=True)
+
+
 def test_load_ps_unload_tokens_and_embeddings(case: tuple[EngineClient, Path]) -> None:
     engine, _ = case
     row = engine.load("echo:1", backend="null", device="cpu", keep_alive="1h", parallel=2)
@@ -233,6 +251,17 @@ def test_load_ps_unload_tokens_and_embeddings(case: tuple[EngineClient, Path]) -
     assert engine.unload("echo:1") is True
     assert engine.unload("echo:1") is False
     assert "echo:1" not in {m.name for m in engine.ps()}
+
+
+def test_rerank_orders_documents_best_first(case: tuple[EngineClient, Path]) -> None:
+    engine, _ = case
+    ranking = engine.rerank("echo:1", "a b", ["c", "a b", "d e"], top_n=2)
+    assert ranking.scoring == "cosine"  # echo:1 embeds; it is no cross-encoder
+    assert [r.index for r in ranking.results][:1] == [1] and len(ranking.results) == 2
+    assert ranking.results[0].document == "a b" and ranking.results[0].score == pytest.approx(1)
+    assert ranking.stats.prompt_eval_count == 7  # the query's words and the documents'
+    with pytest.raises(RequestError, match="documents is empty"):
+        engine.rerank("echo:1", "a b", [])
 
 
 def test_a_keyword_an_engine_cannot_honour_raises(

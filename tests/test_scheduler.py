@@ -42,7 +42,7 @@ class FakeMold:
     async def infer_stream(self, req: object) -> AsyncIterator[Chunk]:
         yield Chunk("ok", done=True, done_reason="stop")
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, *, prompt: bool = False) -> list[int]:
         return []
 
     async def detokenize(self, ids: Sequence[int]) -> str:

@@ -26,13 +26,15 @@ from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError
 from ..store.policy import PullPolicy
-from . import ollama, openai, webapp, workbench
+from . import anthropic, ollama, openai, rerank, responses, webapp, workbench
 from .auth import Authenticator
 from .docs import ERRORS, OPS, READY
 from .errors import bad_request, forge_error, http_error
 from .metrics import Metrics
 from .middleware import RequestContext
 from .ratelimit import RateLimiter
+from .response_store import FILE as RESPONSES_FILE
+from .response_store import ResponseStore
 from .security import TokenCharge, guard
 from .siteguard import SiteGuard, origin_pattern
 
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any = None) -> FastAPI:
-    """The HTTP API over ``engine``: Ollama's routes, OpenAI's under /v1, health, metrics.
+    """The HTTP API over ``engine``: Ollama's routes, OpenAI's under /v1, rerank, health,
+    metrics.
 
     With ``settings.otel_endpoint`` (or a ``tracer_provider``) requests are traced.
     """
@@ -59,6 +62,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         finally:
             preload.cancel()
             await engine.close()
+            app.state.responses.close()
             if app.state.quotas is not None:
                 app.state.quotas.usage.close()
                 app.state.hub.keys.close()
@@ -93,12 +97,21 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
         engine.hooks.add(app.state.quotas)
         metrics.registry.register(group_metrics(app.state.quotas))
     app.state.limiter = limiter
+    app.state.responses = ResponseStore(  # what /v1/responses stored; opened on first use
+        settings.home / RESPONSES_FILE,
+        settings.responses_ttl,
+        settings.responses_max,
+        settings.responses_max_bytes,
+    )
     app.state.pull_policy = PullPolicy.from_settings(settings, trusted=False)  # /api/pull's
     app.state.metrics = metrics
 
     guarded = [Depends(guard)]
     app.include_router(ollama.router, dependencies=guarded)
     app.include_router(openai.router, dependencies=guarded)
+    app.include_router(responses.router, dependencies=guarded)
+    app.include_router(anthropic.router, dependencies=guarded)
+    app.include_router(rerank.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
     app.include_router(webapp.router(engine, guarded))
 

@@ -12,6 +12,7 @@ from fastapi import Request
 
 from ..engine import AsyncEngine
 from ..errors import RequestTimeout
+from ..schema import Message
 from ..store.manifest import Manifest
 
 T = TypeVar("T")
@@ -88,3 +89,17 @@ def details(m: Manifest) -> dict[str, Any]:
         "parameter_size": parameter_size(md.parameters),
         "quantization_level": md.quantization or "",
     }
+
+
+def named_results(messages: list[Message]) -> list[Message]:
+    """Tool results named after the call they answer (templates show the tool's name)."""
+    names = {
+        c.get("id"): c["function"]["name"]
+        for m in messages
+        for c in m.tool_calls or ()
+        if c.get("id") and "function" in c
+    }
+    for m in messages:
+        if m.role == "tool" and m.tool_call_id and not m.tool_name:
+            m.tool_name = names.get(m.tool_call_id)
+    return messages

@@ -43,8 +43,19 @@ def _errors(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     }
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 ERRORS = _errors(OllamaError)
 OPENAI_ERRORS = _errors(OpenAIError)
+ANTHROPIC_ERRORS = _errors(AnthropicError)
 
 Reason = Literal["stop", "length", "cancel", "load", "unload"]
 
@@ -182,6 +193,7 @@ class Usage(BaseModel):
 class ChatChoiceMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    reasoning_content: str | None = None  # a reasoning model's thinking, as llama-server
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -219,6 +231,28 @@ class TextCompletion(BaseModel):
     usage: Usage
 
 
+class AnthropicUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+
+
+class AnthropicMessage(BaseModel):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]  # text, thinking and tool_use blocks
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None
+    stop_sequence: str | None
+    usage: AnthropicUsage
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
 class Embedding(BaseModel):
     object: Literal["embedding"]
     index: int
@@ -235,6 +269,27 @@ class EmbeddingList(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int  # the document's place in the request
+    relevance_score: float  # a cross-encoder's logit, or a cosine similarity
+    document: RerankDocument | None = None  # with return_documents
+
+
+class RerankAnswer(BaseModel):
+    """llama-server's, Jina's and Cohere's shape, best first; ``scoring`` says how."""
+
+    id: str
+    model: str
+    object: Literal["list"]
+    results: list[RerankResult]
+    usage: EmbeddingUsage
+    scoring: Literal["cross-encoder", "cosine"]
 
 
 class ModelCard(BaseModel):

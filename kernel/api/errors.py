@@ -1,5 +1,6 @@
-"""Errors as HTTP answers, in one place. Each ForgeError carries its status; paths under
-``/v1/`` get OpenAI's error body, the rest Ollama's ``{"error": "..."}``."""
+"""Errors as HTTP answers, in one place. Each ForgeError carries its status; each API
+answers in its own dialect: Anthropic's body under ``/v1/messages``, OpenAI's under the
+rest of ``/v1/``, and Ollama's ``{"error": "..."}`` elsewhere."""
 
 from __future__ import annotations
 
@@ -22,6 +23,26 @@ def openai_error(e: BaseException) -> dict[str, Any]:
     return {"error": {"message": str(e), "type": kind, "param": None, "code": status}}
 
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error(e: BaseException) -> dict[str, Any]:
+    """Anthropic's error body, ``{"type": "error", "error": {"type", "message"}}``."""
+    status = e.status if isinstance(e, ForgeError) else 500
+    default = "invalid_request_error" if 400 <= status < 500 else "api_error"
+    kind = _ANTHROPIC_TYPES.get(status, default)
+    return {"type": "error", "error": {"type": kind, "message": str(e)}}
+
+
 def ollama_error(e: BaseException) -> dict[str, Any]:
     """Ollama's error body, ``{"error": "..."}``, plus the error's class and fields so the
     workbench's own clients (``RemoteEngine``) raise the same exception again."""
@@ -30,6 +51,8 @@ def ollama_error(e: BaseException) -> dict[str, Any]:
 
 def body(path: str, e: BaseException) -> dict[str, Any]:
     """The error body for ``e`` on ``path``."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_error(e)
     return openai_error(e) if path.startswith("/v1/") else ollama_error(e)
 
 

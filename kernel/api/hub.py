@@ -65,6 +65,7 @@ class HubIdentity:
         """The caller of a request with these headers (a hub token, or a personal key made
         at /keys); 401 without a valid one, 403 when a hub token lacks this service."""
         token = _token(headers.get("authorization")) or _cookie(headers.get("cookie"), TOKEN)
+        token = token or headers.get("x-api-key")  # Anthropic's clients send their key so
         if token is None:
             raise Unauthorized("log in through the hub: send 'Authorization: token <hub token>'")
         if token.startswith(PREFIX):

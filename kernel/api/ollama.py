@@ -47,6 +47,12 @@ class _Body(Body):
 
 
 FormatField = Literal["json", ""] | dict[str, Any] | None
+# gpt-oss style levels ask for thinking too
+ThinkField = bool | Literal["low", "medium", "high"] | None
+
+
+def _think(value: ThinkField) -> bool | None:
+    return value if value is None or isinstance(value, bool) else True
 
 
 class GenerateBody(_Body):
@@ -58,13 +64,16 @@ class GenerateBody(_Body):
     format: FormatField = None
     stream: bool = True
     raw: bool = False
+    think: ThinkField = None
 
 
 class ChatMessage(Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    thinking: str | None = None
     images: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
 
 
 class ChatBody(_Body):
@@ -72,6 +81,7 @@ class ChatBody(_Body):
     tools: list[dict[str, Any]] | None = None
     format: FormatField = None
     stream: bool = True
+    think: ThinkField = None
 
 
 class EmbedBody(_Body):
@@ -129,13 +139,19 @@ async def _respond(
     engine, timeout = engine_of(request), request.app.state.settings.request_timeout
     if not body.stream:
         r = await within(engine.complete(body.model, req, keep_alive=body.keep_alive), timeout)
-        whole = Chunk(r.text, True, r.done_reason, r.stats, r.context, r.tool_calls)
+        whole = Chunk(r.text, True, r.done_reason, r.stats, r.context, r.tool_calls, r.thinking)
         return shape(body.model, whole)
     items = await primed(engine.stream(body.model, req, keep_alive=body.keep_alive), timeout)
 
     async def encoded() -> AsyncGenerator[dict[str, Any], None]:
         async with contextlib.aclosing(items):
             async for c in items:
+                if c.call is not None:  # Ollama sends each call whole, when it ends
+                    if c.call.call is None:
+                        continue
+                    c = Chunk(tool_calls=[c.call.call])
+                elif c.done:
+                    c.tool_calls = None  # sent as they ended
                 yield shape(body.model, c)
 
     return ndjson(encoded())
@@ -143,28 +159,22 @@ async def _respond(
 
 def _generate_item(model: str, c: Chunk) -> dict[str, Any]:
     item = {"model": model, "created_at": now_iso(), "response": c.text, "done": c.done}
+    if c.thinking:
+        item["thinking"] = c.thinking
     if c.done:
         item |= {"done_reason": c.done_reason, "context": c.context or [], **_stats(c.stats)}
     return item
 
 
 def _chat_item(model: str, c: Chunk) -> dict[str, Any]:
-    item = {
-        "model": model,
-        "created_at": now_iso(),
-        "message": {"role": "assistant", "content": c.text},
-        "done": c.done,
-    }
+    message: dict[str, Any] = {"role": "assistant", "content": c.text}
+    if c.thinking:
+        message["thinking"] = c.thinking
+    if c.tool_calls:
+        message["tool_calls"] = c.tool_calls
+    item = {"model": model, "created_at": now_iso(), "message": message, "done": c.done}
     if c.done:
         item |= {"done_reason": c.done_reason, **_stats(c.stats)}
-    return item
-
-
-def _with_tool_calls(model: str, c: Chunk) -> dict[str, Any]:
-    """A chat item that also carries the tool calls the engine found, on the last item."""
-    item = _chat_item(model, c)
-    if c.tool_calls:
-        item["message"]["tool_calls"] = c.tool_calls
     return item
 
 
@@ -200,6 +210,7 @@ async def generate(body: GenerateBody, request: Request) -> Any:
         template=body.template,
         context=body.context,
         format=body.format or None,
+        think=_think(body.think),
         options=body.inference_options(),
     )
     return await _respond(request, body, req, _generate_item)
@@ -216,15 +227,17 @@ async def chat(body: ChatBody, request: Request) -> Any:
     if not body.messages:
         return await _load_or_unload(request, body.model, body.keep_alive, "message")
     messages = [
-        Message(role=m.role, content=m.content, tool_calls=m.tool_calls) for m in body.messages
+        Message(**m.model_dump(include={"role", "content", "thinking", "tool_calls", "tool_name"}))
+        for m in body.messages
     ]
     req = ChatRequest(
         messages=messages,
         tools=body.tools,
         format=body.format or None,
+        think=_think(body.think),
         options=body.inference_options(),
     )
-    return await _respond(request, body, req, _with_tool_calls if body.tools else _chat_item)
+    return await _respond(request, body, req, _chat_item)
 
 
 @router.post("/api/embed", operation_id="embed", responses=docs.answers(docs.EmbedAnswer))

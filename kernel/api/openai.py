@@ -26,7 +26,7 @@ from ..schema import (
     Stats,
 )
 from . import docs
-from .common import engine_of, primed, within
+from .common import engine_of, named_results, primed, within
 from .streaming import sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -78,6 +78,9 @@ class _Completion(Body):
 class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: only text is understood
@@ -91,6 +94,32 @@ class ChatBody(_Completion):
     messages: list[ChatMessage] = Field(min_length=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+
+    def request(self) -> ChatRequest:
+        messages = [
+            Message(
+                role="system" if m.role == "developer" else m.role,
+                content=m.text(),
+                thinking=m.reasoning_content,
+                tool_calls=[call_in(c) for c in m.tool_calls] if m.tool_calls else None,
+                tool_call_id=m.tool_call_id,
+            )
+            for m in self.messages
+        ]
+        choice = self.tool_choice
+        if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}}
+            choice = str((choice.get("function") or {}).get("name") or "")
+        return ChatRequest(
+            messages=named_results(messages),
+            tools=self.tools,
+            tool_choice=choice,
+            format=self.response_format.format() if self.response_format else None,
+            think=False if self.reasoning_effort == "none" else None,
+            options=self.options(),
+        )
 
 
 class CompletionBody(_Completion):
@@ -114,29 +143,30 @@ def _usage(c: Chunk) -> dict[str, Any]:
 
 
 async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: Any) -> Any:
-    """Shared by chat and text completions: ``piece(text, finish, final, tool_calls)``
-    builds one choice."""
+    """Shared by chat and text completions: ``piece(chunk, final, state)`` builds one
+    choice (None: nothing to send), ``state`` a dict it keeps across the stream."""
     rid, created = f"{kind}-{uuid.uuid4().hex[:24]}", int(time.time())
     obj = "chat.completion" if kind == "chatcmpl" else "text_completion"
     engine, timeout = engine_of(request), request.app.state.settings.request_timeout
     head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": "forge"}
     if not body.stream:
         r = await within(engine.complete(body.model, req), timeout)
-        choice = piece(r.text, _REASON[r.done_reason], True, r.tool_calls)
-        return head | {"object": obj, "choices": [choice], "usage": _usage(Chunk(stats=r.stats))}
+        whole = Chunk(r.text, True, r.done_reason, r.stats, None, r.tool_calls, r.thinking)
+        choice = piece(whole, True, {})
+        return head | {"object": obj, "choices": [choice], "usage": _usage(whole)}
     items = await primed(engine.stream(body.model, req), timeout)
 
     usage = body.stream_options is not None and body.stream_options.include_usage
     obj += ".chunk" if kind == "chatcmpl" else ""
 
     async def events() -> AsyncGenerator[dict[str, Any], None]:
+        state: dict[str, Any] = {}
         last = Chunk()
         async with contextlib.aclosing(items):
-            async for last in items:
-                if last.text:
-                    yield head | {"object": obj, "choices": [piece(last.text, None, False, None)]}
-        end = piece("", _REASON[last.done_reason], False, last.tool_calls)
-        yield head | {"object": obj, "choices": [end]}
+            async for c in items:
+                if (choice := piece(c, False, state)) is not None:
+                    yield head | {"object": obj, "choices": [choice]}
+                last = c
         if usage:
             yield head | {"object": obj, "choices": [], "usage": _usage(last)}
 
@@ -149,33 +179,69 @@ async def _run(request: Request, body: _Completion, req: Any, kind: str, piece: 
     responses=docs.answers(docs.ChatCompletion, stream=docs.SSE, errors=docs.OPENAI_ERRORS),
 )
 async def chat_completions(body: ChatBody, request: Request) -> Any:
-    messages = [
-        Message(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in body.messages
-    ]
-    fmt = body.response_format.format() if body.response_format else None
-    req = ChatRequest(messages=messages, tools=body.tools, format=fmt, options=body.options())
-
-    def piece(text: str, finish: str | None, final: bool, calls: Any) -> dict[str, Any]:
-        key = "message" if final else "delta"
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:  # the engine found them in the whole answer
-            message["tool_calls"] = [_openai_call(i, c) for i, c in enumerate(calls)]
-            message["content"] = (text or None) if final else text
-            finish = "tool_calls"
-        return {"index": 0, key: message, "finish_reason": finish, "logprobs": None}
-
-    return await _run(request, body, req, "chatcmpl", piece)
+    return await _run(request, body, body.request(), "chatcmpl", _chat_choice)
 
 
-def _openai_call(i: int, call: dict[str, Any]) -> dict[str, Any]:
+def _chat_choice(c: Chunk, final: bool, state: dict[str, Any]) -> dict[str, Any] | None:
+    """A chat choice: the whole message (``final``) or one chunk's delta."""
+    if final:
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        if c.thinking:
+            message["reasoning_content"] = c.thinking
+        if c.tool_calls:
+            message["tool_calls"] = [call_out(i, call_id(), x) for i, x in enumerate(c.tool_calls)]
+            message["content"] = c.text or None
+        finish: str | None = "tool_calls" if c.tool_calls else _REASON[c.done_reason]
+        return {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+    delta: dict[str, Any] = {}
+    if not state:
+        delta["role"], state["called"] = "assistant", False
+    if c.text:
+        delta["content"] = c.text
+    if c.thinking:
+        delta["reasoning_content"] = c.thinking
+    if c.call is not None:
+        if c.call.call is not None:
+            return None
+        part: dict[str, Any] = {"index": c.call.index}
+        if c.call.name:  # a call begins
+            state["called"] = True
+            part |= {"id": call_id(), "type": "function", "function": {"name": c.call.name}}
+            part["function"]["arguments"] = ""
+        else:
+            part["function"] = {"arguments": c.call.arguments}
+        delta["tool_calls"] = [part]
+    finish = None
+    if c.done:
+        finish = "tool_calls" if state["called"] else _REASON[c.done_reason]
+    elif not delta:
+        return None
+    return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def call_out(i: int, id: str, call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call in OpenAI's shape (arguments as JSON text) from Ollama's."""
     fn = call["function"]
     return {
         "index": i,
-        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "id": id,
         "type": "function",
         "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])},
     }
+
+
+def call_in(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call in Ollama's shape (the one chat templates read) from OpenAI's."""
+    fn = call.get("function") or {}
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        with contextlib.suppress(ValueError):
+            args = json.loads(args)
+    return {"id": call.get("id"), "function": {"name": fn.get("name", ""), "arguments": args}}
 
 
 @router.post(
@@ -192,8 +258,11 @@ async def completions(body: CompletionBody, request: Request) -> Any:
         prompt = body.prompt
     req = GenerateRequest(prompt=prompt, raw=True, options=body.options())
 
-    def piece(text: str, finish: str | None, final: bool, calls: Any) -> dict[str, Any]:
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    def piece(c: Chunk, final: bool, state: dict[str, Any]) -> dict[str, Any] | None:
+        if not (c.text or c.done):
+            return None
+        finish = _REASON[c.done_reason] if c.done else None
+        return {"index": 0, "text": c.text, "finish_reason": finish, "logprobs": None}
 
     return await _run(request, body, req, "cmpl", piece)
 

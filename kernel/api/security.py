@@ -26,11 +26,19 @@ async def guard(request: Request) -> Principal:
             raise
         state.quotas.admit(access)
     else:
-        principal, access = state.auth.authenticate(request.headers.get("authorization")), EVERYONE
+        principal, access = state.auth.authenticate(authorization(request)), EVERYONE
     state.limiter.admit(principal.id)
     current_client.set(principal.id)
     current_access.set(access)
     return principal
+
+
+def authorization(request: Request) -> str | None:
+    """The ``Authorization`` header, or Anthropic's ``x-api-key`` as a bearer key."""
+    found = request.headers.get("authorization")
+    if not found and (key := request.headers.get("x-api-key")):
+        return f"Bearer {key}"
+    return found
 
 
 class TokenCharge:

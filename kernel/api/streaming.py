@@ -1,4 +1,5 @@
-"""The two stream encoders, written once: NDJSON (Ollama) and server-sent events (OpenAI).
+"""The stream encoders, written once: NDJSON (Ollama), server-sent events (OpenAI), and
+typed server-sent events (Anthropic, whose events name their type).
 
 Both take an async iterator of JSON-able dicts. An error after the response has started
 can no longer change the status code, so it arrives as a last ``{"error": ...}`` item.
@@ -20,7 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from ..errors import ForgeError
-from .errors import ollama_error, openai_error
+from .errors import anthropic_error, ollama_error, openai_error
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,20 @@ def ndjson(items: Items) -> StreamingResponse:
                 yield _dumps(item) + "\n"
 
     return _Stream(body(), media_type="application/x-ndjson")
+
+
+def typed_sse(
+    items: Items, error: Callable[[BaseException], dict[str, Any]] = anthropic_error
+) -> StreamingResponse:
+    """``event: <type>`` then ``data: {...}`` per item, as Anthropic and OpenAI's Responses
+    API stream: each item names its own ``type``; ``error`` makes the error item."""
+
+    async def body() -> AsyncIterator[str]:
+        async with contextlib.aclosing(_guarded(items, error)) as guarded:
+            async for item in guarded:
+                yield f"event: {item.get('type', 'error')}\ndata: {_dumps(item)}\n\n"
+
+    return _Stream(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def sse(items: Items, *, done: bool = True) -> StreamingResponse:

@@ -1,8 +1,11 @@
-"""What every sentence-embedding backend shares: the tokenizer and the pooling.
+"""What every BERT-style encoder backend shares: the tokenizer, the pooling, the scoring.
 
 A model folder carries ``tokenizer.json`` (HF ``tokenizers``) and ``config.json``; the
 embedding of a text is its tokens' last hidden states, mean-pooled over the attention mask
-and L2-normalized, as sentence-transformers does for all-MiniLM-L6-v2.
+and L2-normalized, as sentence-transformers does for all-MiniLM-L6-v2. A folder whose
+config names a ``...ForSequenceClassification`` with one label is a cross-encoder: it
+reranks instead, scoring each (query, document) pair by its logit, as sentence-transformers'
+CrossEncoder does.
 """
 
 from __future__ import annotations
@@ -22,13 +25,23 @@ from ..errors import (
 )
 from ..limits import check_embed_tokens
 from ..mold import Device, LoadOptions, Occupancy
-from ..schema import ChatRequest, Chunk, EmbedRequest, GenerateRequest, Request, Result, Stats
-from ..store.formats import max_text_tokens
+from ..schema import (
+    ChatRequest,
+    Chunk,
+    EmbedRequest,
+    GenerateRequest,
+    Request,
+    RerankRequest,
+    Result,
+    Stats,
+)
+from ..store.formats import is_cross_encoder, max_text_tokens, num_labels
 from ..store.manifest import Manifest
 from ..worker import Worker
 from .embed_batch import Ask, EmbedBatcher, Vectors
 
 PARALLEL = 16  # requests at once unless set: they are gathered into shared batches
+Row = tuple[Any, Any]  # one text's (or pair's) token ids and token types, unpadded
 
 
 @dataclass
@@ -55,6 +68,7 @@ class TextTokenizer:
         self.max_length = max_text_tokens(folder)
         self._tok.no_truncation()
         self._tok.no_padding()
+        self._pairs: Any = None  # a copy that truncates pairs, made on the first
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> Batch:
         import numpy as np
@@ -79,11 +93,39 @@ class TextTokenizer:
                     ids[row, width - 1] = sep
         return Batch(ids, mask, types, int(mask.sum()))
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+    def encode_pairs(self, query: str, documents: Sequence[str]) -> list[Row]:
+        """``[CLS] query [SEP] document [SEP]`` rows, the longer side cut first to fit
+        (transformers' ``truncation=True``)."""
+        import numpy as np
+
+        if self._pairs is None:
+            from tokenizers import Tokenizer
+
+            pairs = Tokenizer.from_str(self._tok.to_str())
+            pairs.enable_truncation(self.max_length, strategy="longest_first")
+            self._pairs = pairs
+        encodings = self._pairs.encode_batch([(query, d) for d in documents])
+        return [
+            (np.array(e.ids, dtype=np.int64), np.array(e.type_ids, np.int64)) for e in encodings
+        ]
+
+    def tokenize(self, text: str, prompt: bool = False) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=prompt).ids)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids)))
+
+
+def padded(rows: Sequence[Row]) -> Batch:
+    """Rows padded to the longest of them, with their attention mask."""
+    import numpy as np
+
+    ids = np.zeros((len(rows), max(max((len(r[0]) for r in rows), default=1), 1)), np.int64)
+    mask, types = np.zeros_like(ids), np.zeros_like(ids)
+    for k, (row_ids, row_types) in enumerate(rows):
+        ids[k, : len(row_ids)], types[k, : len(row_ids)] = row_ids, row_types
+        mask[k, : len(row_ids)] = 1
+    return Batch(ids, mask, types, int(mask.sum()))
 
 
 def mean_pool(hidden: Any, mask: Any) -> list[list[float]]:
@@ -98,17 +140,32 @@ def mean_pool(hidden: Any, mask: Any) -> list[list[float]]:
 
 
 class EncoderMold(abc.ABC):
-    """A sentence-embedding Mold: the runtime part is ``_load_runtime`` and ``_hidden``;
-    everything else (its worker thread, tokenizer, pooling, protocol) is here."""
+    """A sentence-embedding or cross-encoder Mold: the runtime part is ``_load_runtime`` and
+    ``_hidden``; everything else (its worker thread, tokenizer, pooling, protocol) is here."""
 
     backend = ""
     tasks = frozenset({"embed", "tokenize", "batch"})  # concurrent requests share batches
     slice_rows = 8  # texts per forward pass, sorted by length (bench/embed.py measures it)
+    reranks = False  # whether ``_hidden`` gives a cross-encoder's logits (onnx, torch)
 
     def __init__(self, manifest: Manifest, device: Device, opts: LoadOptions, memory: int):
         self.name, self.device, self.metadata = manifest.name, device.id, manifest.metadata
         self.memory, self.path, self.opts = memory, manifest.file, opts
         self.context_length = 512
+        folder = self.path if self.path.is_dir() else self.path.parent
+        self.cross_encoder = is_cross_encoder(folder)
+        if self.cross_encoder:
+            if not self.reranks:
+                raise UnsupportedTask(
+                    f"{self.name} is a cross-encoder (a reranker); the {self.backend} backend "
+                    "runs embedding models only: run it on onnx or torch"
+                )
+            if (labels := num_labels(folder)) != 1:
+                raise UnsupportedTask(
+                    f"{self.name} is a classifier with {labels} labels; rerank needs a "
+                    "cross-encoder with one (a relevance logit)"
+                )
+            self.tasks = frozenset({"rerank", "tokenize"})
         self._tok: TextTokenizer | None = None
         self._worker: Worker | None = None
         self._gather: EmbedBatcher | None = None
@@ -120,7 +177,8 @@ class EncoderMold(abc.ABC):
 
     @abc.abstractmethod
     def _hidden(self, batch: Batch) -> Any:
-        """Last hidden states, shape (batch, tokens, dims), as a numpy array."""
+        """Last hidden states, shape (batch, tokens, dims), as a numpy array; for a
+        cross-encoder, its logits, shape (batch, 1)."""
 
     def _load(self) -> None:
         self._load_runtime()
@@ -161,11 +219,9 @@ class EncoderMold(abc.ABC):
     def _embed_many(self, asks: list[Ask]) -> list[Vectors | Exception]:
         """Several requests' texts as one batch: sorted by length and run in slices, so
         short texts are not padded to the longest; each request's vectors come back apart."""
-        import numpy as np
-
         tok, _ = self._live()
         results: list[Vectors | Exception] = []
-        rows: list[tuple[list[list[float]], int, Any, Any]] = []  # (its vectors, index, ids, types)
+        rows: list[tuple[list[list[float]], int, Row]] = []  # (its vectors, index, tokens)
         for ask in asks:
             try:
                 batch = tok.encode(ask.texts, ask.truncate)
@@ -176,23 +232,39 @@ class EncoderMold(abc.ABC):
             vectors: list[list[float]] = [[] for _ in ask.texts]
             results.append((vectors, batch.count))
             for i, n in enumerate(batch.attention_mask.sum(axis=1)):
-                rows.append((vectors, i, batch.input_ids[i, :n], batch.token_type_ids[i, :n]))
-        rows.sort(key=lambda row: len(row[2]))
+                rows.append((vectors, i, (batch.input_ids[i, :n], batch.token_type_ids[i, :n])))
+        rows.sort(key=lambda row: len(row[2][0]))
         for start in range(0, len(rows), self.slice_rows):
             part = rows[start : start + self.slice_rows]
-            ids = np.zeros((len(part), max(max(len(r[2]) for r in part), 1)), dtype=np.int64)
-            mask, types = np.zeros_like(ids), np.zeros_like(ids)
-            for k, (_, _, row_ids, row_types) in enumerate(part):
-                ids[k, : len(row_ids)], types[k, : len(row_ids)] = row_ids, row_types
-                mask[k, : len(row_ids)] = 1
-            pooled = mean_pool(self._hidden(Batch(ids, mask, types, int(mask.sum()))), mask)
-            for (vectors, i, _, _), vector in zip(part, pooled, strict=True):
+            slab = padded([tokens for _, _, tokens in part])
+            pooled = mean_pool(self._hidden(slab), slab.attention_mask)
+            for (vectors, i, _), vector in zip(part, pooled, strict=True):
                 vectors[i] = vector
         return results
 
+    def _score(self, req: RerankRequest) -> Result:
+        """A cross-encoder's logit for each (query, document) pair; the pairs are sorted by
+        length and run in slices, as texts to embed are."""
+        tok, _ = self._live()
+        rows = tok.encode_pairs(req.query, req.documents)
+        count = sum(len(ids) for ids, _ in rows)
+        check_embed_tokens(count, req.max_tokens)
+        scores = [0.0] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        for start in range(0, len(order), self.slice_rows):
+            part = order[start : start + self.slice_rows]
+            logits = self._hidden(padded([rows[i] for i in part]))
+            for i, row in zip(part, logits, strict=True):
+                scores[i] = float(row[0])
+        return Result(scores=scores, stats=Stats(prompt_eval_count=count))
+
     async def infer(self, req: Request) -> Result:
+        if self.cross_encoder:
+            if isinstance(req, RerankRequest):
+                return await self._live()[1].call(self._score, req)
+            raise UnsupportedTask(f"{self.name} is a cross-encoder; it only reranks")
         if not isinstance(req, EmbedRequest):
-            raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
+            raise UnsupportedTask(f"{self.name} is an embedding model; it only embeds")
         if self._gather is None:
             raise ModelNotLoaded(f"{self.name} is not loaded")
         vectors, count = await self._gather.embed(req.input, req.truncate, req.max_tokens)
@@ -202,8 +274,8 @@ class EncoderMold(abc.ABC):
         raise UnsupportedTask(f"{self.name} is an embedding model; it cannot generate")
         yield Chunk()  # unreachable: makes this an async generator, as the protocol wants
 
-    async def tokenize(self, text: str) -> list[int]:
-        return self._live()[0].tokenize(text)
+    async def tokenize(self, text: str, *, prompt: bool = False) -> list[int]:
+        return self._live()[0].tokenize(text, prompt)
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         return self._live()[0].detokenize(ids)

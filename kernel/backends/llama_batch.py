@@ -315,7 +315,9 @@ class Batcher:
         context = seq.tokens[: seq.prompt_count] + seq.answer
         if self.gaps is not None:
             self.gaps[tuple(seq.tokens[: seq.prompt_count])] = seq.gaps
-        seq.emit(Chunk(done=True, done_reason=reason, stats=stats, context=context))  # type: ignore[arg-type]
+        last = Chunk(done=True, done_reason=reason, stats=stats, context=context)  # type: ignore[arg-type]
+        last.stop_sequence = seq.matcher.hit
+        seq.emit(last)
         llama_cpp.llama_sampler_free(seq.chain)
         seq.finished(None)
 

@@ -25,6 +25,7 @@ from ..schema import (
     GenerateRequest,
     Message,
     Request,
+    RerankRequest,
     Result,
     Stats,
 )
@@ -172,7 +173,7 @@ class LlamaCppMold:
 
     def _prompt(self, rt: LlamaRuntime, req: GenerateRequest | ChatRequest) -> str:
         if isinstance(req, ChatRequest):
-            return rt.render(req.messages, req.tools)
+            return rt.render(req.messages, req.tools, req.think)
         if req.raw:
             return req.prompt
         if req.template is not None:
@@ -181,7 +182,7 @@ class LlamaCppMold:
             )
         if rt.template:  # Ollama's generate: the prompt goes through the template
             msgs = [Message(role="system", content=req.system)] if req.system else []
-            return rt.render([*msgs, Message(role="user", content=req.prompt)])
+            return rt.render([*msgs, Message(role="user", content=req.prompt)], think=req.think)
         return f"{req.system}\n\n{req.prompt}" if req.system else req.prompt
 
     def _generation(
@@ -225,6 +226,8 @@ class LlamaCppMold:
             vectors, count = await self._gather.embed(req.input, req.truncate, req.max_tokens)
             self._measure(rt)  # the first embed made a second context: it counts from now
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
+        if isinstance(req, RerankRequest):  # the engine reranks with its embeddings instead
+            raise UnsupportedTask(f"{self.name} is not a cross-encoder")
         if self._batcher is not None:
             chunks = [c async for c in self.infer_stream(req) if c.text or c.done]
         else:
@@ -235,8 +238,10 @@ class LlamaCppMold:
             text, done_reason=last.done_reason, stats=last.stats or Stats(), context=last.context
         )
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, *, prompt: bool = False) -> list[int]:
         rt, worker = self._live()
+        if prompt:  # as a prompt is read (a BOS added), whatever its length
+            return await worker.call(rt.prompt_tokens, text, (), 1 << 40)
         return await worker.call(rt.tokenize, text)
 
     def occupancy(self) -> Occupancy:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
+from ..chat_template import render_chat
 from ..errors import (
     ContextOverflow,
     InvalidFormat,
     InvalidModelFile,
-    InvalidTemplate,
     ModelError,
     UnsupportedTask,
 )
@@ -140,15 +140,10 @@ class LlamaRuntime:
         self._pieces: dict[int, bytes] = {}
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
-        self._formatter: Any = None
-        if self.template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            self._formatter = Jinja2ChatFormatter(
-                self.template,
-                eos_token=self._text(self.llm.token_eos()),
-                bos_token=self._text(self.llm.token_bos()),
-            )
+        self._special = {
+            "bos": self._text(self.llm.token_bos()),
+            "eos": self._text(self.llm.token_eos()),
+        }
         arch = meta.get("general.architecture", "")
         self.embed_only = f"{arch}.pooling_type" in meta or "bert" in arch
 
@@ -157,17 +152,19 @@ class LlamaRuntime:
 
     # -- text ------------------------------------------------------------------------
 
-    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt for ``messages`` through the model's own chat template."""
-        if self._formatter is None:
+    def render(
+        self,
+        messages: Sequence[Message],
+        tools: list[dict[str, Any]] | None = None,
+        think: bool | None = None,
+    ) -> str:
+        """The prompt for ``messages`` through the model's own chat template; ``think`` goes
+        to it as ``enable_thinking``, the switch reasoning templates read."""
+        if not self.template:
             raise UnsupportedTask(
                 "this model has no chat template; use generate with raw=True instead"
             )
-        msgs = [m.model_dump(exclude_none=True) for m in messages]
-        try:
-            return str(self._formatter(messages=msgs, tools=tools).prompt)
-        except Exception as e:  # jinja errors and the template's raise_exception
-            raise InvalidTemplate(f"the chat template failed: {_one_line(e)}") from e
+        return render_chat(self.template, messages, tools, think, **self._special)
 
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         return list(self.llm.tokenize(text.encode(), add_bos=add_special, special=True))
@@ -298,7 +295,9 @@ class LlamaRuntime:
         first = first or end
         stats = Stats(len(tokens), first - start, count, end - first)
         context = tokens + answer
-        yield Chunk(done=True, done_reason=reason, stats=stats, context=context)  # type: ignore[arg-type]
+        last = Chunk(done=True, done_reason=reason, stats=stats, context=context)  # type: ignore[arg-type]
+        last.stop_sequence = matcher.hit
+        yield last
 
     # -- embeddings ------------------------------------------------------------------
 

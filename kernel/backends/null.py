@@ -3,7 +3,8 @@
 A manifest of format ``null`` configures it through ``metadata.extra``: ``reply`` (text to
 answer; default: echo the prompt), ``token_delay`` and ``load_delay`` (seconds), ``memory``
 (bytes), ``dims`` (embedding size), ``fail_load`` (error message), ``fail_after`` (raise
-InferenceError after that many tokens).
+InferenceError after that many tokens), ``echo_prompt`` (answer a chat with the prompt its
+``metadata.chat_template`` renders).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from ..chat_template import render_chat
 from ..devices import cpu_device
 from ..errors import InferenceError, InvalidModelFile, UnsupportedTask
 from ..limits import check_embed_tokens
@@ -25,6 +27,7 @@ from ..schema import (
     EmbedRequest,
     GenerateRequest,
     Request,
+    RerankRequest,
     Result,
     Stats,
     collect,
@@ -83,11 +86,16 @@ class NullMold:
                 embeddings=[_vector(t, dims) for t in req.input],
                 stats=Stats(prompt_eval_count=count),
             )
+        if isinstance(req, RerankRequest):  # the engine reranks with its embeddings instead
+            raise UnsupportedTask(f"{self.name} is not a cross-encoder")
         return await collect(self.infer_stream(req))
 
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
         if isinstance(req, GenerateRequest):
             prompt = req.prompt
+        elif isinstance(req, ChatRequest) and self._extra.get("echo_prompt"):
+            template = self.metadata.chat_template or ""
+            prompt = render_chat(template, req.messages, req.tools, req.think)
         elif isinstance(req, ChatRequest):
             prompt = req.messages[-1].content if req.messages else ""
         else:
@@ -115,9 +123,11 @@ class NullMold:
             yield Chunk(tail)
         took = time.perf_counter_ns() - start
         stats = Stats(len(prompt.split()), 0, count, took)
-        yield Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
+        last = Chunk(done=True, done_reason=reason, stats=stats)  # type: ignore[arg-type]
+        last.stop_sequence = matcher.hit
+        yield last
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, *, prompt: bool = False) -> list[int]:
         return list(text.encode())
 
     async def detokenize(self, ids: Sequence[int]) -> str:

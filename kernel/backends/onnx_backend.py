@@ -1,6 +1,7 @@
 """The ONNX backend (extra ``onnx``): onnxruntime on the CPU execution provider, or CUDA,
 CoreML and DirectML when onnxruntime reports them. A model is a folder with one ``*.onnx``
-graph whose first output is ``last_hidden_state``, plus ``tokenizer.json``.
+graph whose first output is ``last_hidden_state``, plus ``tokenizer.json``; a cross-encoder's
+(its config.json names a ``...ForSequenceClassification``) gives ``logits`` instead.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def providers_for(device: str) -> list[str]:
 
 class OnnxMold(EncoderMold):
     backend = "onnx"
+    reranks = True
 
     def _load_runtime(self) -> None:
         import onnxruntime as ort

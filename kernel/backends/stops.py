@@ -14,13 +14,15 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.hit: str | None = None  # the stop sequence that matched
 
     def feed(self, piece: str) -> str:
         if self.stopped:
             return ""
         text = self._held + piece
-        cut = min((i for s in self.stops if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self.stops if (i := text.find(s)) >= 0]
+        if found:
+            cut, self.hit = min(found)
             self.stopped, self._held = True, ""
             return text[:cut]
         keep = max((_overlap(text, s) for s in self.stops), default=0)

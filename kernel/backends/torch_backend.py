@@ -1,6 +1,7 @@
 """The torch backend (extra ``torch``): safetensors folders with config.json, loaded through
-``transformers`` from the local folder only, on cpu, cuda or mps. Sentence embeddings now;
-``open`` is the seam for decoder models (AutoModelForCausalLM): they are refused there for now.
+``transformers`` from the local folder only, on cpu, cuda or mps. Sentence embeddings, and
+cross-encoders (``...ForSequenceClassification``) for rerank; ``open`` is the seam for decoder
+models (AutoModelForCausalLM): they are refused there for now.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from ..devices import cpu_device
 from ..errors import InvalidModelFile, MissingExtra, UnsupportedTask
 from ..mold import Device, LoadOptions, Mold
-from ..store.formats import is_decoder
+from ..store.formats import is_cross_encoder, is_decoder
 from ..store.manifest import Manifest
 from .encoders import Batch, EncoderMold
 
@@ -56,21 +57,18 @@ class TorchBackend:
 class TorchMold(EncoderMold):
     backend = "torch"
     slice_rows = 32  # eager torch's per-call cost outweighs what shorter padding saves
+    reranks = True
 
     def _torch_device(self) -> str:
         return "mps" if self.device.startswith("metal") else self.device
 
     def _load_runtime(self) -> None:
         import torch
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # our own progress, not transformers' on stderr
-        hf_logging.set_verbosity_error()
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
         try:
-            model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
+            model = _pretrained(self.path)
         except (OSError, ValueError) as e:
             raise InvalidModelFile(f"transformers cannot load {self.path}: {e}") from e
         self._model = model.eval().to(self._torch_device())
@@ -85,7 +83,8 @@ class TorchMold(EncoderMold):
                 attention_mask=torch.from_numpy(batch.attention_mask).to(dev),
                 token_type_ids=torch.from_numpy(batch.token_type_ids).to(dev),
             )
-        return out.last_hidden_state.float().cpu().numpy()
+        found = out.logits if self.cross_encoder else out.last_hidden_state
+        return found.float().cpu().numpy()
 
     def _release(self) -> None:
         super()._release()
@@ -95,17 +94,26 @@ class TorchMold(EncoderMold):
             torch.cuda.empty_cache()  # hand the cached blocks back: devices() counts them used
 
 
-def traceable_encoder(folder: Path) -> Any:
-    """The folder's encoder as a module of (input_ids, attention_mask, token_type_ids) by
-    position returning the last hidden state: what ``torch.onnx.export`` and
-    ``torch.export`` trace, immune to the order of the model's own ``forward`` arguments."""
-    import torch
-    from transformers import AutoModel
+def _pretrained(folder: Path) -> Any:
+    """The folder's model: its classifier for a cross-encoder, else its bare encoder."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # our own progress, not transformers' on stderr
     hf_logging.set_verbosity_error()
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    auto = AutoModelForSequenceClassification if is_cross_encoder(folder) else AutoModel
+    return auto.from_pretrained(str(folder), local_files_only=True)
+
+
+def traceable_encoder(folder: Path) -> Any:
+    """The folder's encoder as a module of (input_ids, attention_mask, token_type_ids) by
+    position returning the last hidden state (a cross-encoder: its logits): what
+    ``torch.onnx.export`` and ``torch.export`` trace, immune to the order of the model's own
+    ``forward`` arguments."""
+    import torch
+
+    model = _pretrained(folder).eval()
+    head = is_cross_encoder(folder)
 
     class Encoder(torch.nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -116,6 +124,6 @@ def traceable_encoder(folder: Path) -> Any:
             out = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             )
-            return out.last_hidden_state
+            return out.logits if head else out.last_hidden_state
 
     return Encoder().eval()

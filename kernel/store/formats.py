@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ..errors import StorageError, UnsupportedFormat
 from ..progress import Progress, ProgressCallback, ignore
@@ -53,6 +54,11 @@ def validate(path: Path, fmt: str) -> gguf.GGUFHeader | None:
 def metadata_for(path: Path, fmt: str, header: gguf.GGUFHeader | None, size: int) -> ModelMetadata:
     if header is not None:
         return gguf.gguf_metadata(path, header)
+    if path.is_dir() and is_cross_encoder(path):  # `forge show` says what it is for
+        kind = str(model_config(path).get("model_type") or "")
+        return ModelMetadata(
+            name=path.name, format=fmt, size=size, architecture=kind, tags=["rerank"]
+        )
     return ModelMetadata(name=path.name, format=fmt, size=size)
 
 
@@ -109,10 +115,36 @@ def max_text_tokens(folder: Path) -> int:
     return 512
 
 
-def is_decoder(folder: Path) -> bool:
-    """Whether config.json names a causal LM architecture (``...ForCausalLM``)."""
+def model_config(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json, or ``{}`` when it has none (or not a JSON object)."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _architectures(folder: Path) -> list[str]:
+    found = model_config(folder).get("architectures")
+    return [str(a) for a in found] if isinstance(found, list) else []
+
+
+def is_decoder(folder: Path) -> bool:
+    """Whether config.json names a causal LM architecture (``...ForCausalLM``)."""
+    return any(a.endswith("ForCausalLM") for a in _architectures(folder))
+
+
+def is_cross_encoder(folder: Path) -> bool:
+    """Whether config.json names a sequence classifier (``...ForSequenceClassification``):
+    a cross-encoder, which scores (query, document) pairs for rerank."""
+    return any(a.endswith("ForSequenceClassification") for a in _architectures(folder))
+
+
+def num_labels(folder: Path) -> int:
+    """How many logits a classifier folder's head gives (transformers' default: 2)."""
+    config = model_config(folder)
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and labels:
+        return len(labels)
+    n = config.get("num_labels")
+    return n if isinstance(n, int) and n > 0 else 2
