@@ -8,6 +8,7 @@ llama-cpp-python's Jinja formatter (a sandboxed Jinja environment with Transform
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,13 +38,32 @@ def render_chat(
     eos: str = "",
 ) -> str:
     """The prompt for ``messages``; ``think`` reaches the template as ``enable_thinking``,
-    the switch reasoning templates read."""
+    the switch reasoning templates read. A template that does not show ``tools`` gets
+    them in a system message, with the Hermes form to call them in."""
+    if tools and "tools" not in template:
+        messages = told(messages, tools)
     msgs = [m.model_dump(exclude_none=True) for m in messages]
     extra = {} if think is None else {"enable_thinking": think}
     try:
         return str(_formatter(template, bos, eos)(messages=msgs, tools=tools, **extra).prompt)
     except Exception as e:  # jinja errors and the template's raise_exception
         raise InvalidTemplate(f"the chat template failed: {_one_line(e)}") from e
+
+
+def told(messages: Sequence[Message], tools: list[dict[str, Any]]) -> list[Message]:
+    """``messages`` with ``tools`` described in the system message (llama-server does the
+    same for templates without tools), so the model knows what it may call."""
+    listed = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    text = (
+        f"You may call these tools:\n{listed}\n"
+        'To call one, answer with <tool_call>{"name": <its name>, "arguments": '
+        "<an object of its parameters>}</tool_call>."
+    )
+    rest = list(messages)
+    if rest and rest[0].role == "system":
+        first = rest.pop(0)
+        text = f"{first.content}\n\n{text}" if first.content else text
+    return [Message(role="system", content=text), *rest]
 
 
 def _one_line(e: BaseException) -> str:

@@ -159,7 +159,8 @@ class _Call:
         out = []
         if not self.streaming:
             out.append(Chunk(call=ToolCallDelta(self.index, name or "")))
-            out.append(Chunk(call=ToolCallDelta(self.index, arguments=json.dumps(args))))
+            arguments = json.dumps(args, ensure_ascii=False)
+            out.append(Chunk(call=ToolCallDelta(self.index, arguments=arguments)))
         call = {"function": {"name": name, "arguments": args}}
         out.append(Chunk(call=ToolCallDelta(self.index, call=call)))
         return out, call

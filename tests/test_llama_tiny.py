@@ -205,6 +205,17 @@ def test_formats_llama_cpp_refuses_are_a_400_not_a_crash(engine: ff.Engine) -> N
     assert json.loads(answer.text) in ("yes", "no")
 
 
+def test_schema_strings_hold_no_raw_control_characters() -> None:
+    """llama-cpp-python's converter allowed a raw newline inside a string: smollm2 wrote one
+    into a forced tool call (LangChain's unicode test), and the call did not parse."""
+    from ferrousforge.backends.llama_runtime import json_schema_to_gbnf
+
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}
+    grammar = json_schema_to_gbnf(json.dumps(schema)).splitlines()
+    char = next(rule for rule in grammar if rule.startswith("char ::= "))
+    assert char.startswith(r'char ::= [^"\\\x7F\x00-\x1F] |')  # as in llama.cpp's JSON_GBNF
+
+
 def test_a_grammar_over_its_size_limit_is_refused(tmp_path: Path) -> None:
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
     settings = ff.Settings(home=tmp_path / "home", threads=1, max_grammar_bytes=300)

@@ -230,7 +230,10 @@ def call_out(i: int, id: str, call: dict[str, Any]) -> dict[str, Any]:
         "index": i,
         "id": id,
         "type": "function",
-        "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])},
+        "function": {
+            "name": fn["name"],
+            "arguments": json.dumps(fn["arguments"], ensure_ascii=False),
+        },
     }
 
 

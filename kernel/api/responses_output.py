@@ -174,4 +174,4 @@ def _arguments(streamed: str, args: Any) -> str:
             return streamed
     except ValueError:
         pass
-    return json.dumps(args)
+    return json.dumps(args, ensure_ascii=False)

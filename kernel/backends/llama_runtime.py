@@ -80,10 +80,17 @@ def _buffers() -> Iterator[list[int]]:
 llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p(0))
 
 
+# llama-cpp-python 0.3.36's converter lets a string hold raw control characters (a newline),
+# which no JSON parser accepts: a model that wrote one broke structured output and forced
+# tool calls. llama.cpp's own converter, and JSON_GBNF, leave them out; so does this.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
 def json_schema_to_gbnf(schema: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
 
-    return str(convert(schema))
+    return str(convert(schema)).replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def _one_line(e: BaseException) -> str:
