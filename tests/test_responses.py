@@ -151,6 +151,17 @@ def test_stream_events_and_final_response(client: Any) -> None:
     assert client.responses.retrieve(final.id).output_text == final.output_text  # stored
 
 
+def test_stream_names_each_event(server: Running) -> None:
+    """Each event goes as ``event: <type>`` then its data, as OpenAI sends them."""
+    body = {"model": "words:1", "input": "count", "stream": True, "store": False}
+    with httpx.stream("POST", server.url + "/v1/responses", json=body) as r:
+        lines = [line for line in r.iter_lines() if line]
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    datas = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert names == [d["type"] for d in datas] and names[-1] == "response.completed"
+    assert len(lines) == 2 * len(names)  # no [DONE]: the Responses API sends none
+
+
 def test_cut_by_max_output_tokens_is_incomplete(client: Any) -> None:
     r = client.responses.create(model="words:1", input="count", max_output_tokens=2)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"

@@ -30,7 +30,7 @@ from .errors import openai_error
 from .openai import call_in
 from .response_store import ResponseStore
 from .responses_output import Output, chunks_of, item_id, usage
-from .streaming import sse
+from .streaming import typed_sse
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -402,7 +402,7 @@ async def create(body: ResponsesBody, request: Request) -> Any:
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         yield numbered({"type": kind, "response": response})
 
-    return sse(events(), done=False)
+    return typed_sse(events(), openai_error)  # named events, as OpenAI sends them
 
 
 @router.get(
