@@ -181,6 +181,8 @@ def test_devices_and_ps(env: dict[str, str]) -> None:
     as_json = json.loads(forge(env, "devices", "--json").stdout)
     assert as_json[0]["id"] == "cpu" and as_json[0]["memory_total"] > 0
     assert forge(env, "ps").stdout.startswith("NAME")
+    # no TensorRT here: said, with the reason, not left out
+    assert "tensorrt (onnx): unavailable: onnxruntime" in r.stdout
 
 
 @pytest.mark.parametrize(

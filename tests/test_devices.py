@@ -132,3 +132,43 @@ def test_torch_refuses_decoders_at_its_generation_seam(tmp_path: Path) -> None:
         TorchBackend().open(m, cpu_device("torch"), LoadOptions())
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     assert not is_decoder(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("available", "cuda", "providers"),
+    [
+        (["CPUExecutionProvider"], None, ["CPUExecutionProvider"]),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDAExecutionProvider",
+         ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+         "TensorrtExecutionProvider + CUDAExecutionProvider",
+         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)  # fmt: skip
+def test_tensorrt_comes_first_on_cuda_when_onnxruntime_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    available: list[str],
+    cuda: str | None,
+    providers: list[str],
+) -> None:
+    """The lent GPU machine has no TensorRT build of onnxruntime: its providers are faked."""
+    ort = pytest.importorskip("onnxruntime")
+    from ferrousforge.backends.onnx_backend import OnnxBackend, provider_options, providers_for
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    backend = OnnxBackend()
+    names = {d.id: d.name for d in backend.devices()}
+    assert names.get("cuda:0") == cuda
+    chosen = providers_for("cuda:0", available)
+    assert chosen == providers
+    options = provider_options(chosen, tmp_path)
+    if "TensorrtExecutionProvider" in available:
+        trt = options[0][1]
+        assert trt["trt_engine_cache_enable"] and trt["trt_engine_cache_path"].startswith(
+            str(tmp_path)
+        )  # engines take minutes to build: they are kept in the store's cache
+        assert backend.accelerators() == {"tensorrt": None}
+    else:
+        assert options == chosen
+        assert "no TensorrtExecutionProvider" in str(backend.accelerators()["tensorrt"])

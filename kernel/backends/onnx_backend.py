@@ -1,5 +1,6 @@
-"""The ONNX backend (extra ``onnx``): onnxruntime on the CPU execution provider, or CUDA,
-CoreML and DirectML when onnxruntime reports them. A model is a folder with one ``*.onnx``
+"""The ONNX backend (extra ``onnx``): onnxruntime on the CPU execution provider, or
+TensorRT, CUDA, CoreML and DirectML when onnxruntime reports them (TensorRT first on a CUDA
+device, its engines cached in the store's cache). A model is a folder with one ``*.onnx``
 graph whose first output is ``last_hidden_state``, plus ``tokenizer.json``; a cross-encoder's
 (its config.json names a ``...ForSequenceClassification``) gives ``logits`` instead.
 """
@@ -7,6 +8,7 @@ graph whose first output is ``last_hidden_state``, plus ``tokenizer.json``; a cr
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ..devices import cpu_device
@@ -15,8 +17,10 @@ from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
 from .encoders import Batch, EncoderMold
 
-# onnxruntime provider -> our device id
+# onnxruntime provider -> our device id; on one device, the first one available is tried first
+TENSORRT = "TensorrtExecutionProvider"
 _PROVIDERS = {
+    TENSORRT: "cuda:0",
     "CUDAExecutionProvider": "cuda:0",
     "CoreMLExecutionProvider": "metal:0",
     "DmlExecutionProvider": "dx12:0",
@@ -42,11 +46,25 @@ class OnnxBackend:
     def devices(self) -> list[Device]:
         import onnxruntime as ort
 
+        available = ort.get_available_providers()
         found = [cpu_device(self.name)]
-        for provider in ort.get_available_providers():
-            if provider in _PROVIDERS:
-                found.append(Device(_PROVIDERS[provider], provider, None, None, (self.name,)))
+        for device in dict.fromkeys(_PROVIDERS.values()):
+            names = [p for p in providers_for(device, available) if p != "CPUExecutionProvider"]
+            if names:
+                found.append(Device(device, " + ".join(names), None, None, (self.name,)))
         return found
+
+    def accelerators(self) -> dict[str, str | None]:
+        """Execution providers worth naming, each None when usable here, else why not."""
+        import onnxruntime as ort
+
+        why = None
+        if TENSORRT not in ort.get_available_providers():
+            why = (
+                f"onnxruntime {ort.__version__} here has no {TENSORRT}: it needs onnxruntime-gpu "
+                "built with TensorRT, the TensorRT libraries and a CUDA device"
+            )
+        return {"tensorrt": why}
 
     def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
         return int(manifest.size * 1.5) + (64 << 20)
@@ -57,9 +75,20 @@ class OnnxBackend:
         return OnnxMold(manifest, device, opts, self.estimate_memory(manifest, opts))
 
 
-def providers_for(device: str) -> list[str]:
-    wanted = [p for p, d in _PROVIDERS.items() if d == device]
+def providers_for(device: str, available: list[str]) -> list[str]:
+    """The execution providers for ``device``, best first, of those ``available``; the CPU
+    last, for the operators the others do not run."""
+    wanted = [p for p, d in _PROVIDERS.items() if d == device and p in available]
     return [*wanted, "CPUExecutionProvider"]
+
+
+def provider_options(providers: list[str], cache: Path | None) -> list[Any]:
+    """``providers`` as onnxruntime takes them: TensorRT builds an engine per model and
+    shape, which takes minutes, so its engines are cached (in the store's cache)."""
+    if TENSORRT not in providers or cache is None:
+        return list(providers)
+    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / "tensorrt")}
+    return [(p, trt) if p == TENSORRT else p for p in providers]
 
 
 class OnnxMold(EncoderMold):
@@ -78,8 +107,9 @@ class OnnxMold(EncoderMold):
         so.intra_op_num_threads = self.opts.threads or 0
         so.log_severity_level = 3
         try:
+            providers = providers_for(self.device, ort.get_available_providers())
             self._session = ort.InferenceSession(
-                str(graphs[0]), so, providers=providers_for(self.device)
+                str(graphs[0]), so, providers=provider_options(providers, self.opts.cache_dir)
             )
         except Exception as e:  # onnxruntime raises its own types for bad graphs
             raise InvalidModelFile(f"onnxruntime cannot load {graphs[0]}: {e}") from e

@@ -158,4 +158,8 @@ def devices(args: argparse.Namespace) -> int:
         for d in found
     ]
     out(table(("DEVICE", "NAME", "MEMORY", "FREE", "BACKENDS"), rows))
+    for backend in engine.backends:  # accelerators a backend knows of, and why not here
+        for name, why in getattr(backend, "accelerators", dict)().items():
+            if why is not None and backend.available():
+                out(f"{name} ({backend.name}): unavailable: {why}")
     return 0
