@@ -8,6 +8,9 @@ with ff.Engine() as engine:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from .backends.custom import CustomBackend, CustomModel
 from .config import Settings, load_settings
 from .engine import AsyncEngine, LoadedModel
 from .errors import (
@@ -41,6 +44,18 @@ from .sync_engine import Engine
 __version__ = "0.1.0"
 
 
+def register(
+    model: object, *, name: str | None = None, models: Sequence[str] | None = None
+) -> Backend:
+    """Serve a custom model (a ``CustomModel`` class, any class or object with embed,
+    generate or chat methods, or a Backend) in the notebook kernel's in-process engine
+    (``notebook.shared()``); a remote engine says in one line that it cannot. Elsewhere:
+    ``Engine.register``, or a plugin package's ``ferrousforge.backends`` entry point."""
+    from .notebook import register as add
+
+    return add(model, name=name, models=models)
+
+
 def load_ipython_extension(shell: object) -> None:
     """``%load_ext ferrousforge``: the ``%forge`` and ``%%forge`` magics."""
     from .notebook.magics import load_ipython_extension as load
@@ -55,6 +70,8 @@ __all__ = [
     "Chunk",
     "ConfigError",
     "ContextOverflow",
+    "CustomBackend",
+    "CustomModel",
     "Device",
     "EmbedRequest",
     "Engine",
@@ -81,4 +98,5 @@ __all__ = [
     "UnsupportedFormat",
     "__version__",
     "load_settings",
+    "register",
 ]

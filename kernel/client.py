@@ -14,9 +14,9 @@ from typing import Any, Literal, overload
 
 import httpx
 
-from .errors import EngineUnreachable
+from .errors import ConfigError, EngineUnreachable
 from .interface import ChunkStream, KeepAlive, LoadedModel, Messages, Options, Tools
-from .mold import Device
+from .mold import Backend, Device
 from .progress import Progress, ProgressCallback, ignore
 from .ranking import Ranking
 from .remote_wire import (
@@ -239,6 +239,12 @@ class RemoteEngine:
     def detokenize(self, model: str, ids: Sequence[int]) -> str:
         body = {"model": model, "tokens": builtins.list(ids)}
         return str(self._json("POST", "/api/forge/detokenize", body)["text"])
+
+    def register(self, model: object, **kw: Any) -> Backend:
+        """A custom model cannot travel to the engine's process: raises, saying so."""
+        from .backends.custom import elsewhere
+
+        raise ConfigError(elsewhere(self.url))
 
     # -- HTTP ------------------------------------------------------------------------
 

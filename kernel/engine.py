@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import psutil
 
 from .access import current_access
-from .backends import Backends
+from .backends import Backends, provide
 from .config import Settings, load_settings, parse_duration
 from .devices import choose
 from .engine_inference import EngineInference
@@ -28,7 +28,7 @@ from .hooks import Hooks, ModelEvent
 from .interface import KeepAlive, LoadedModel, Messages
 from .limits import Limits
 from .loading import default_options, grows, model_defaults, overridden
-from .mold import Device, LoadOptions, Mold, Occupancy
+from .mold import Backend, Device, LoadOptions, Mold, Occupancy
 from .progress import ProgressCallback, ignore
 from .pulls import Pulls
 from .runstate import RunState
@@ -87,6 +87,8 @@ class AsyncEngine(EngineInference, EngineRerank, EngineStore):
         published = self.store.in_use
         self.store.in_use = lambda: {m.path for m in self._held.values()} | set(published())
         self.backends = backends or Backends.discover()
+        for backend in self.backends:  # a plugin's custom models are stored entries
+            provide(self.store, backend)
         self.scheduler = Scheduler(
             max_loaded=s.max_loaded_models,
             max_queue=s.max_queue,
@@ -260,6 +262,18 @@ class AsyncEngine(EngineInference, EngineRerank, EngineStore):
         self._loaded_with.pop(key, None)  # the next request loads with the defaults again
         self._publish()
         return found
+
+    async def register(self, backend: Backend) -> None:
+        """Serve ``backend`` from now on, and store the models it provides (``ff.register``
+        of a custom model). One of the same name is replaced, its models unloaded (once
+        their requests end), so the next request loads them from the new one."""
+        if self.backends.add(backend) is not None:
+            for key, runner in list(self.scheduler.runners.items()):
+                if runner.mold.backend == backend.name:
+                    await self.scheduler.unload(key)
+                    self._loaded_with.pop(key, None)
+            self._publish()
+        provide(self.store, backend)
 
     def loaded_manifest(self, model: str) -> Manifest:
         """The manifest a loaded model came from, even once removed from the store."""

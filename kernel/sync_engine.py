@@ -16,10 +16,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
+from .backends.custom import as_backend
 from .config import Settings
 from .engine import AsyncEngine, EngineStats
 from .interface import ChunkStream, KeepAlive, LoadedModel, Messages
-from .mold import Device
+from .mold import Backend, Device
 from .progress import ProgressCallback, ignore
 from .ranking import Ranking
 from .schema import Result
@@ -260,6 +261,16 @@ class Engine:
     ) -> Manifest:
         """``forge convert``: keywords target, tune and shapes (for ``to="tvm"``)."""
         return self._loop.run(self._engine.convert(model, to, progress=progress, **kw))
+
+    def register(
+        self, model: object, *, name: str | None = None, models: Sequence[str] | None = None
+    ) -> Backend:
+        """Serve a custom model from now on: a ``CustomModel`` class, any class, factory or
+        object with task methods (embed, generate, chat, ...), or a Backend; ``name`` and
+        ``models`` override its backend's name and the model names it serves."""
+        backend = as_backend(model, name=name, models=models)
+        self._loop.run(self._engine.register(backend))
+        return backend
 
     def sweep(self) -> builtins.list[Path]:
         return self._loop.run(self._engine.sweep())

@@ -180,6 +180,11 @@ class EncoderMold(abc.ABC):
         """Last hidden states, shape (batch, tokens, dims), as a numpy array; for a
         cross-encoder, its logits, shape (batch, 1)."""
 
+    def _pooled(self, batch: Batch) -> list[list[float]]:
+        """Each row's embedding: ``_hidden`` mean-pooled and L2-normalized here, in numpy. A
+        runtime that can pool where it computed overrides this (jax)."""
+        return mean_pool(self._hidden(batch), batch.attention_mask)
+
     def _load(self) -> None:
         self._load_runtime()
         self._tok = TextTokenizer(self.path if self.path.is_dir() else self.path.parent)
@@ -237,7 +242,7 @@ class EncoderMold(abc.ABC):
         for start in range(0, len(rows), self.slice_rows):
             part = rows[start : start + self.slice_rows]
             slab = padded([tokens for _, _, tokens in part])
-            pooled = mean_pool(self._hidden(slab), slab.attention_mask)
+            pooled = self._pooled(slab)
             for (vectors, i, _), vector in zip(part, pooled, strict=True):
                 vectors[i] = vector
         return results

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..interface import EngineClient
+from ..mold import Backend
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # the kernel's engine: one per process, like the kernel itself
@@ -30,6 +33,21 @@ def use(engine: EngineClient | None) -> None:
     goes back to the default."""
     with _lock:
         _state["engine"] = engine
+
+
+def register(
+    model: object, *, name: str | None = None, models: Sequence[str] | None = None
+) -> Backend:
+    """``ff.register``: serve a custom model in the kernel's engine (``Engine.register``).
+    A remote one (``FORGE_URL``, the Jupyter extension's, a hub's) runs in another process:
+    a ConfigError says so in one line, and how to install a plugin package instead."""
+    from ..backends.custom import elsewhere
+    from ..sync_engine import Engine
+
+    engine = shared()
+    if not isinstance(engine, Engine):
+        raise ConfigError(elsewhere(getattr(engine, "url", None)))
+    return engine.register(model, name=name, models=models)
 
 
 def _connect() -> EngineClient:
