@@ -58,6 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         engine.pull(str(gguf), name="tiny")
     add_null_model(home, "caller:1", {"reply": f"Let me check. {CALL}"}, QWEN)
     add_null_model(home, "thinker:1", {"reply": "<think> two and two </think> Four."}, QWEN)
+    add_null_model(home, "broken:1", {"reply": "one two three four", "fail_after": 2})
     # its answer, the prompt, must hold no markup to parse: it shows calls as <call>
     echo = QWEN.replace("<tool_call>{{", "<call>{{").replace("}}</tool_call>", "}}</call>")
     echo = echo.replace("<think></think>", "<no-think/>")
@@ -241,3 +242,18 @@ def test_errors_have_anthropics_shape(client: Any, server: Running) -> None:
     assert ok.status_code == 200 and ok.json()["type"] == "message"
     other = httpx.get(server.url + "/v1/models/nope", headers=headers)
     assert other.status_code == 404 and other.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_error_mid_stream_is_an_error_event(client: Any, server: Running) -> None:
+    stream = client.messages.stream(model="broken:1", max_tokens=64, messages=ASK)
+    with pytest.raises(anthropic.APIStatusError) as failed, stream as events:
+        list(events)
+    assert failed.value.body["type"] == "error"
+    assert "failed after 2 tokens" in failed.value.body["error"]["message"]
+    body = {"model": "broken:1", "max_tokens": 64, "messages": ASK, "stream": True}
+    with httpx.stream(
+        "POST", server.url + "/v1/messages", json=body, headers={"x-api-key": KEY}
+    ) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200  # the stream had begun
+    assert lines[-2] == "event: error" and json.loads(lines[-1][6:])["type"] == "error"

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -254,10 +253,18 @@ def test_kill_during_commit_of_a_pull(
         assert not partials(home)
 
 
-def _limit_file_size(limit: int) -> None:
-    """In the child, before exec: writes past ``limit`` bytes fail with EFBIG (no SIGXFSZ)."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+def _with_file_size_limit(limit: int, *args: str) -> list[str]:
+    """``forge *args`` in a child whose writes past ``limit`` bytes fail with EFBIG (no
+    SIGXFSZ). The child sets the limit itself: a ``preexec_fn`` would fork this process,
+    which other tests have made multithreaded (jax warns of a deadlock, rightly)."""
+    code = (
+        "import resource, runpy, signal, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "sys.argv = ['forge', *sys.argv[1:]]\n"
+        "runpy.run_module('ferrousforge', run_name='__main__', alter_sys=True)\n"
+    )
+    return [sys.executable, "-c", code, *args]
 
 
 def test_a_full_disk_mid_pull_leaves_nothing_half_written(
@@ -269,12 +276,11 @@ def test_a_full_disk_mid_pull_leaves_nothing_half_written(
     url = http_server.add("/huge.gguf", data)
     before = names(home)
     r = subprocess.run(
-        [sys.executable, "-m", "ferrousforge", "pull", url],
+        _with_file_size_limit(limit, "pull", url),
         env=forge_env(home),
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=lambda: _limit_file_size(limit),
     )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()  # the progress status lines ("pulling huge.gguf"), then:
