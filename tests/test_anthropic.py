@@ -248,8 +248,8 @@ def test_an_error_mid_stream_is_an_error_event(client: Any, server: Running) -> 
     stream = client.messages.stream(model="broken:1", max_tokens=64, messages=ASK)
     with pytest.raises(anthropic.APIStatusError) as failed, stream as events:
         list(events)
-    assert failed.value.body["type"] == "error"
-    assert "failed after 2 tokens" in failed.value.body["error"]["message"]
+    error: Any = failed.value.body  # the error event's data
+    assert error["type"] == "error" and "failed after 2 tokens" in error["error"]["message"]
     body = {"model": "broken:1", "max_tokens": 64, "messages": ASK, "stream": True}
     with httpx.stream(
         "POST", server.url + "/v1/messages", json=body, headers={"x-api-key": KEY}
