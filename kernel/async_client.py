@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -25,7 +25,10 @@ from .remote_wire import (
     embedded,
     final_manifest,
     generate_body,
+    infer_call,
+    inferred,
     load_body,
+    needs_specs,
     progress_of,
     pull_body,
     raise_for,
@@ -177,6 +180,21 @@ class AsyncRemoteEngine:
         body = rerank_body(model, query, documents, top_n, keep_alive)
         reply = await self._json("POST", "/api/rerank", body)
         return reranked(reply, documents)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Sequence[str] | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Result:
+        specs = (await self.show(model)).metadata.input_shapes if needs_specs(inputs) else []
+        path, body, headers = infer_call(model, inputs, outputs, keep_alive, specs)
+        try:
+            return inferred(await self._http.post(path, content=body, headers=headers))
+        except httpx.TransportError as e:
+            raise EngineUnreachable(f"engine at {self.url} is unreachable: {e}") from None
 
     async def tokenize(self, model: str, text: str) -> builtins.list[int]:
         body = {"model": model, "text": text}

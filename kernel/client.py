@@ -9,7 +9,7 @@ classes with their fields; a stream that ends without its last line raises.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import httpx
@@ -28,7 +28,10 @@ from .remote_wire import (
     embed_body,
     embedded,
     generate_body,
+    infer_call,
+    inferred,
     load_body,
+    needs_specs,
     pull_body,
     pulled,
     raise_for,
@@ -231,6 +234,21 @@ class RemoteEngine:
     ) -> Ranking:
         body = rerank_body(model, query, documents, top_n, keep_alive)
         return reranked(self._json("POST", "/api/rerank", body), documents)
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Sequence[str] | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Result:
+        specs = self.show(model).metadata.input_shapes if needs_specs(inputs) else []
+        path, body, headers = infer_call(model, inputs, outputs, keep_alive, specs)
+        try:
+            return inferred(self._http.post(path, content=body, headers=headers))
+        except httpx.TransportError as e:
+            raise EngineUnreachable(f"engine at {self.url} is unreachable: {e}") from None
 
     def tokenize(self, model: str, text: str) -> builtins.list[int]:
         body = {"model": model, "text": text}

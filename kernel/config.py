@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     max_embed_inputs: int = Field(2048, ge=1, description="texts in one embedding request")
     max_embed_tokens: int = Field(300_000, ge=1, description="tokens in one embedding request")
     max_rerank_documents: int = Field(1000, ge=1, description="documents in one rerank request")
+    max_tensor_elements: int = Field(
+        16 << 20, ge=1, description="elements in all the input tensors of one infer request"
+    )
     max_stops: int = Field(16, ge=0, description="stop sequences in one request")
     max_stop_length: int = Field(256, ge=1, description="characters in one stop sequence")
     max_template_length: int = Field(32_768, ge=1, description="characters in a template")

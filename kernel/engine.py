@@ -23,6 +23,7 @@ from .devices import choose
 from .engine_inference import EngineInference
 from .engine_rerank import EngineRerank
 from .engine_store import EngineStore
+from .engine_tensors import EngineTensors
 from .errors import Conflict, ModelNotFound
 from .hooks import Hooks, ModelEvent
 from .interface import KeepAlive, LoadedModel, Messages
@@ -56,7 +57,7 @@ class EngineStats:
     occupancy: dict[str, Occupancy]  # by model name
 
 
-class AsyncEngine(EngineInference, EngineRerank, EngineStore):
+class AsyncEngine(EngineInference, EngineRerank, EngineTensors, EngineStore):
     """The engine on one event loop: the store, the scheduler and the Molds behind the
     ``AsyncEngineClient`` protocol (``interface.py``)."""
 

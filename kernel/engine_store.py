@@ -5,11 +5,13 @@ engine's settings and its delete rule (unload, then remove) apply everywhere."""
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .access import current_access
+from .errors import ForgeError
 from .progress import Progress, ProgressCallback, ignore
 from .pulls import Pulls
 from .store.manifest import Manifest
@@ -17,7 +19,11 @@ from .store.policy import PullPolicy
 from .store.store import Store
 from .worker import bridged
 
+if TYPE_CHECKING:
+    from .backends import Backends
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class EngineStore:
@@ -25,6 +31,7 @@ class EngineStore:
 
     store: Store
     pulls: Pulls
+    backends: Backends
 
     if TYPE_CHECKING:
 
@@ -57,9 +64,10 @@ class EngineStore:
         self.store.check_spec(spec, policy)  # refused at once, before it waits for a thread
 
         def work(report: ProgressCallback) -> Manifest:
-            return self.store.pull(
+            pulled = self.store.pull(
                 spec, name=name, sha256=sha256, progress=report, policy=policy, force=force
             )
+            return self._with_specs(pulled)
 
         return await self.pulls.run(f"the pull of {spec}", work, progress)
 
@@ -86,6 +94,30 @@ class EngineStore:
 
         return bridged(work)
 
+    def _with_specs(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with the specs of its tensor inputs and outputs, as the backend of
+        its format reads them (one with a ``signature`` method), stored. A model it cannot
+        read keeps none: it may still load, and its runtime gives them then."""
+        try:
+            backend = self.backends.for_format(manifest.format)
+        except ForgeError:
+            return manifest
+        signature = getattr(backend, "signature", None)
+        if not callable(signature) or not backend.available():
+            return manifest
+        try:
+            inputs, outputs = signature(manifest)
+        except Exception as e:  # a model the runtime cannot read: say so, keep the pull
+            log.warning("%s: no tensor specs: %s", manifest.name, str(e).splitlines()[0][:200])
+            return manifest
+        meta = manifest.metadata
+        if (inputs, outputs) == (meta.input_shapes, meta.output_shapes):
+            return manifest
+        meta = meta.model_copy(update={"input_shapes": inputs, "output_shapes": outputs})
+        manifest = manifest.model_copy(update={"metadata": meta})
+        self.store.save(manifest)
+        return manifest
+
     async def rm(self, model: str) -> None:
         """Unload ``model`` (once its running requests end), then remove it from the store;
         its blob goes when no other name and no other engine's loaded model uses it."""
@@ -107,7 +139,7 @@ class EngineStore:
         current_access.get().require_admin("convert models")
         return await self.pulls.run(
             f"converting {model}",
-            lambda report: convert(self.store, model, to, report, **kw),
+            lambda report: self._with_specs(convert(self.store, model, to, report, **kw)),
             progress,
         )
 

@@ -24,6 +24,7 @@
     ├── EngineUnreachable           503  (a remote engine did not answer)
     └── RequestError                400  (the HTTP boundary)
         ├── LimitExceeded           400  (.setting names the limit)
+        ├── InvalidTensor           400  (an infer input of the wrong name, datatype or shape)
         ├── UsageError              400  (a %forge magic's arguments)
         ├── Unauthorized            401
         ├── Forbidden               403  (cross-site, rebinding, a path or host not allowed)
@@ -181,6 +182,10 @@ class LimitExceeded(RequestError):
     def __init__(self, what: str, value: object, limit: object, setting: str) -> None:
         self.setting = setting
         super().__init__(f"{what} is {value}, over the limit of {limit} ({setting})")
+
+
+class InvalidTensor(RequestError):
+    """An ``infer`` input that does not fit the model (its name, datatype or shape)."""
 
 
 class UsageError(RequestError):

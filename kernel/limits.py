@@ -31,6 +31,7 @@ class Limits:
     max_embed_inputs: int = 2048
     max_embed_tokens: int = 300_000
     max_rerank_documents: int = 1000
+    max_tensor_elements: int = 16 << 20
     max_stops: int = 16
     max_stop_length: int = 256
     max_template_length: int = 32_768

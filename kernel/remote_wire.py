@@ -5,19 +5,22 @@ server's own exception classes (``errors.rebuild``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from .errors import EngineUnreachable, ForgeError, rebuild
+from .inference_wire import HEADER, decode_response, encode_request
 from .interface import KeepAlive, Messages, Options, Tools
 from .mold import Device
 from .progress import Progress, ProgressCallback
 from .ranking import Ranked, Ranking
 from .schema import Chunk, Format, Message, Result, Stats, ToolCallDelta, options_of
 from .store.manifest import Manifest
+from .tensors import TensorSpec, as_array
 
 Lines = Iterator[dict[str, Any]]
 
@@ -209,6 +212,36 @@ def unfinished(what: str) -> EngineUnreachable:
 
 def embedded(reply: dict[str, Any]) -> Result:
     return Result(embeddings=reply["embeddings"], stats=Stats(**_stats_of(reply)))
+
+
+def needs_specs(inputs: Mapping[str, Any]) -> bool:
+    """Whether some input is not an array yet: its datatype comes from the model's specs."""
+    return not all(hasattr(v, "dtype") and hasattr(v, "shape") for v in inputs.values())
+
+
+def infer_call(
+    model: str,
+    inputs: Mapping[str, Any],
+    outputs: Sequence[str] | None,
+    keep_alive: KeepAlive,
+    specs: Sequence[TensorSpec] = (),
+) -> tuple[str, bytes, dict[str, str]]:
+    """The path, body and headers of an Open Inference Protocol infer call, its tensors in
+    binary; nested lists become arrays of their input's datatype."""
+    by_name = {s.name: s for s in specs}
+    arrays = {k: as_array(v, by_name.get(k), k) for k, v in inputs.items()}
+    wanted = list(outputs) if outputs is not None else None
+    parameters = {} if keep_alive is None else {"keep_alive": keep_alive}
+    body, length = encode_request(arrays, wanted, parameters=parameters)
+    headers = {HEADER: str(length), "Content-Type": "application/octet-stream"}
+    return f"/v2/models/{quote(model, safe='/:')}/infer", body, headers
+
+
+def inferred(r: httpx.Response) -> Result:
+    """The Result of an infer call's answer (its ``tensors``)."""
+    raise_for(r)
+    length = r.headers.get(HEADER)
+    return Result(tensors=decode_response(r.content, int(length) if length else None))
 
 
 def device_of(d: dict[str, Any]) -> Device:

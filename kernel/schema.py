@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .tensors import TensorRequest, TensorSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +38,9 @@ class ModelMetadata(BaseModel):
     quantization: str | None = None
     architecture: str = ""
     context_size: int | None = None
-    input_shapes: list[list[int]] = Field(default_factory=list)
-    output_shapes: list[list[int]] = Field(default_factory=list)
+    # A tensor model's inputs and outputs (the ``infer`` task), read from the model at pull
+    input_shapes: list[TensorSpec] = Field(default_factory=list)
+    output_shapes: list[TensorSpec] = Field(default_factory=list)
     requirements: ModelRequirements = Field(default_factory=ModelRequirements)
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -159,7 +162,7 @@ class RerankRequest(BaseModel):
     max_tokens: int | None = None  # the most tokens all pairs may hold together
 
 
-Request = GenerateRequest | ChatRequest | EmbedRequest | RerankRequest
+Request = GenerateRequest | ChatRequest | EmbedRequest | RerankRequest | TensorRequest
 
 DoneReason = Literal["stop", "length", "cancel"]
 
@@ -228,6 +231,7 @@ class Result:
     scores: list[float] = field(default_factory=list)  # a cross-encoder's, one per document
     thinking: str = ""
     stop_sequence: str | None = None  # the stop sequence that ended the answer
+    tensors: dict[str, Any] = field(default_factory=dict)  # infer's outputs, numpy arrays
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> Result:

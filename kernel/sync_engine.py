@@ -11,7 +11,7 @@ import atexit
 import builtins
 import queue
 import threading
-from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -179,6 +179,19 @@ class Engine:
         """``documents`` by relevance to ``query``, best first (``AsyncEngine.rerank``)."""
         return self._loop.run(
             self._engine.rerank(model, query, documents, top_n=top_n, keep_alive=keep_alive)
+        )
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Sequence[str] | None = None,
+        keep_alive: KeepAlive = None,
+    ) -> Result:
+        """Named tensors through a tensor model; ``Result.tensors`` (``AsyncEngine.infer``)."""
+        return self._loop.run(
+            self._engine.infer(model, inputs, outputs=outputs, keep_alive=keep_alive)
         )
 
     def tokenize(self, model: str, text: str) -> list[int]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import ferrousforge as ff
@@ -23,6 +24,7 @@ from ferrousforge.errors import (
     EngineUnreachable,
     InferenceError,
     InvalidModelFile,
+    InvalidTensor,
     LimitExceeded,
     ModelNotFound,
     RequestError,
@@ -36,6 +38,7 @@ from ferrousforge.sync_engine import LoopThread
 from .apiserver import running
 from .labharness import jupyter_server
 from .nullmodels import add_null_model
+from .tensormodels import images, onnxruntime_outputs, write_classifier
 from .tinymodel import write_tiny_gguf
 
 TOOL = {
@@ -262,6 +265,33 @@ def test_rerank_orders_documents_best_first(case: tuple[EngineClient, Path]) -> 
     assert ranking.stats.prompt_eval_count == 7  # the query's words and the documents'
     with pytest.raises(RequestError, match="documents is empty"):
         engine.rerank("echo:1", "a b", [])
+
+
+def test_infer_checks_tensors_and_gives_onnxruntimes_numbers(
+    case: tuple[EngineClient, Path],
+) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    engine, root = case
+    graph = write_classifier(root / "classifier.onnx")
+    m = engine.pull(str(graph), name="cls:1")
+    assert [(s.name, s.datatype, s.shape) for s in m.metadata.input_shapes] == [
+        ("images", "FP32", [-1, 3, 8, 8])
+    ]
+    x = images(2)
+    expected = onnxruntime_outputs(graph, {"images": x})
+    whole = engine.infer("cls:1", {"images": x}, keep_alive="1m")
+    assert list(whole.tensors) == ["logits", "probabilities"]
+    for name, value in expected.items():
+        np.testing.assert_allclose(whole.tensors[name], value, rtol=1e-6)
+    listed = engine.infer("cls:1", {"images": x.tolist()}, outputs=["probabilities"])
+    assert list(listed.tensors) == ["probabilities"]
+    np.testing.assert_allclose(listed.tensors["probabilities"], expected["probabilities"], 1e-6)
+    with pytest.raises(InvalidTensor, match="'images' must have shape"):
+        engine.infer("cls:1", {"images": x[:, :1]})
+    with pytest.raises(InvalidTensor, match="unknown output 'nope'"):
+        engine.infer("cls:1", {"images": x}, outputs=["nope"])
+    with pytest.raises(UnsupportedTask, match="does not take tensors"):
+        engine.infer("echo:1", {"x": x})
 
 
 def test_a_keyword_an_engine_cannot_honour_raises(

@@ -26,7 +26,7 @@ from ..config import Settings
 from ..engine import AsyncEngine
 from ..errors import ForgeError
 from ..store.policy import PullPolicy
-from . import anthropic, ollama, openai, rerank, responses, webapp, workbench
+from . import anthropic, inference_protocol, ollama, openai, rerank, responses, webapp, workbench
 from .auth import Authenticator
 from .docs import ERRORS, OPS, READY
 from .errors import bad_request, forge_error, http_error
@@ -112,6 +112,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, tracer_provider: Any 
     app.include_router(responses.router, dependencies=guarded)
     app.include_router(anthropic.router, dependencies=guarded)
     app.include_router(rerank.router, dependencies=guarded)
+    app.include_router(inference_protocol.router, dependencies=guarded)
     app.include_router(workbench.router, dependencies=guarded)
     app.include_router(webapp.router(engine, guarded))
 

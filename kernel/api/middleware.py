@@ -18,6 +18,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("ferrousforge.access")
 _WITH_BODY = {"POST", "PUT", "PATCH", "DELETE"}
+_BINARY_HEADER = "inference-header-content-length"
 # Metrics labels must stay few: any other method a client invents is counted as "other".
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
@@ -38,9 +39,15 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope["method"] in _WITH_BODY and "json" not in headers.get("content-type", ""):
-            # Every body here is JSON; Ollama's clients (curl -d) often don't say so. Pages of
-            # other sites that send text/plain are refused earlier, by SiteGuard's Origin check.
+        binary = _BINARY_HEADER in headers  # the Open Inference Protocol's raw tensors
+        if (
+            scope["method"] in _WITH_BODY
+            and not binary
+            and "json" not in headers.get("content-type", "")
+        ):
+            # Every other body here is JSON; Ollama's clients (curl -d) often don't say so.
+            # Pages of other sites that send text/plain are refused earlier, by SiteGuard's
+            # Origin check; a page cannot send the binary header without a CORS preflight.
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope["headers"].append((b"content-type", b"application/json"))
         rid = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]

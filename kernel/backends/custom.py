@@ -13,15 +13,16 @@ no change to the engine::
 
 The methods an object has are its tasks: ``embed(texts) -> vectors``, ``generate(prompt,
 options) -> str | Iterable[str]``, ``chat(messages, options) -> str | Iterable[str]``
-(messages and options as dicts), ``rerank(query, documents) -> scores``,
-``tokenize(text) -> ids`` and ``detokenize(ids) -> text``. ``load()`` and ``unload()`` run
-when it has them. Subclassing ``CustomModel`` is optional: any class, factory or object with
-those methods works. Each loaded model gets its own object and its own worker thread (calls
-run one at a time, off the event loop). What a method raises becomes an ``InferenceError``
-(``InvalidModelFile`` from creating or loading it) with the original as its cause; stop
-sequences and ``max_tokens`` (counting pieces) are applied to what it yields. The backend
-provides its models' store entries (``provides``): the engine stores them when it starts
-or registers the backend.
+(messages and options as dicts), ``rerank(query, documents) -> scores``, ``tokenize(text) ->
+ids``, ``detokenize(ids) -> text`` and ``infer(inputs) -> outputs`` (numpy arrays by name;
+the specs in its ``inputs``/``outputs`` attributes are checked first). ``load()`` and
+``unload()`` run when it has them. Subclassing ``CustomModel`` is optional: any class,
+factory or object with those methods works. Each loaded model gets its own object and its
+own worker thread (calls run one at a time, off the event loop). What a method raises
+becomes an ``InferenceError`` (``InvalidModelFile`` from creating or loading it) with the
+original as its cause; stop sequences and ``max_tokens`` (counting pieces) are applied to
+what it yields. The backend provides its models' store entries (``provides``): the engine
+stores them when it starts or registers the backend.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ from ..schema import (
 )
 from ..store.manifest import Manifest
 from ..store.names import parse_name
+from ..tensors import TensorRequest, TensorSpec, asarray, pick_outputs
 from ..worker import Worker
 from .stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
-TASKS = ("embed", "generate", "chat", "rerank", "tokenize")
+TASKS = ("embed", "generate", "chat", "rerank", "tokenize", "infer")
+_IO = ("inputs", "outputs")  # a model's optional specs of its infer tensors
 SOURCE = "backend:"  # a provided entry's source: "backend:<name>"
 
 
@@ -150,6 +153,9 @@ class CustomBackend:
         kind = "llm" if tasks & {"generate", "chat"} else kind
         doc = (getattr(self.factory, "__doc__", None) or "").strip().split("\n")[0] or None
         fmt = self.name
+        io = [
+            [TensorSpec.model_validate(s) for s in getattr(self.factory, k, ()) or ()] for k in _IO
+        ]
         return [
             Manifest(
                 name=name,
@@ -165,6 +171,8 @@ class CustomBackend:
                     model_type=kind,
                     context_size=self.context_length,
                     description=doc,
+                    input_shapes=io[0],
+                    output_shapes=io[1],
                 ),
             )
             for name in self.models
@@ -212,7 +220,9 @@ class CustomMold:
         context_length: int,
     ) -> None:
         self.name, self.backend, self.device = manifest.name, backend, device.id
-        self.metadata = manifest.metadata
+        self.metadata = manifest.metadata.model_copy(deep=True)
+        io = [[TensorSpec.model_validate(s) for s in getattr(obj, k, None) or ()] for k in _IO]
+        self.metadata.input_shapes, self.metadata.output_shapes = io
         self.memory = memory
         self.context_length = manifest.metadata.context_size or context_length
         self.tasks = tasks_of(obj)
@@ -275,6 +285,12 @@ class CustomMold:
             check_embed_tokens(count, req.max_tokens)
             vectors = await self._run("embed", lambda: _rows(embed(texts), len(texts), "vectors"))
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
+        if isinstance(req, TensorRequest):
+            run, inputs = self._require("infer"), req.inputs
+            found = await self._run(
+                "infer", lambda: {k: asarray(v) for k, v in run(inputs).items()}
+            )
+            return Result(tensors=pick_outputs(found, req.outputs, self.metadata.output_shapes))
         if isinstance(req, RerankRequest):
             rerank, query, docs = self._require("rerank"), req.query, list(req.documents)
             count = sum(len(t.split()) for t in (query, *docs))

@@ -37,6 +37,7 @@ from ..schema import (
 )
 from ..store.formats import is_cross_encoder, max_text_tokens, num_labels
 from ..store.manifest import Manifest
+from ..tensors import TensorRequest, pick_outputs
 from ..worker import Worker
 from .embed_batch import Ask, EmbedBatcher, Vectors
 
@@ -263,7 +264,19 @@ class EncoderMold(abc.ABC):
                 scores[i] = float(row[0])
         return Result(scores=scores, stats=Stats(prompt_eval_count=count))
 
+    def _tensors(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The graph run on named tensors (``infer``), for a runtime that has one (onnx)."""
+        raise UnsupportedTask(f"{self.name} on {self.backend} does not answer infer")
+
+    def _infer_tensors(self, req: TensorRequest) -> Result:
+        import numpy as np
+
+        found = {k: np.asarray(v) for k, v in self._tensors(req.inputs).items()}
+        return Result(tensors=pick_outputs(found, req.outputs, self.metadata.output_shapes))
+
     async def infer(self, req: Request) -> Result:
+        if isinstance(req, TensorRequest):
+            return await self._live()[1].call(self._infer_tensors, req)
         if self.cross_encoder:
             if isinstance(req, RerankRequest):
                 return await self._live()[1].call(self._score, req)

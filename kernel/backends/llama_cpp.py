@@ -30,6 +30,7 @@ from ..schema import (
     Stats,
 )
 from ..store.manifest import Manifest
+from ..tensors import TensorRequest
 from ..worker import Worker
 from .embed_batch import EmbedBatcher
 from .templates import render_go_template
@@ -228,6 +229,8 @@ class LlamaCppMold:
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
         if isinstance(req, RerankRequest):  # the engine reranks with its embeddings instead
             raise UnsupportedTask(f"{self.name} is not a cross-encoder")
+        if isinstance(req, TensorRequest):
+            raise UnsupportedTask(f"{self.name} does not take tensors")
         if self._batcher is not None:
             chunks = [c async for c in self.infer_stream(req) if c.text or c.done]
         else:

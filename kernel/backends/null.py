@@ -33,6 +33,7 @@ from ..schema import (
     collect,
 )
 from ..store.manifest import Manifest
+from ..tensors import TensorRequest
 from .stops import StopMatcher
 
 
@@ -88,6 +89,8 @@ class NullMold:
             )
         if isinstance(req, RerankRequest):  # the engine reranks with its embeddings instead
             raise UnsupportedTask(f"{self.name} is not a cross-encoder")
+        if isinstance(req, TensorRequest):
+            raise UnsupportedTask(f"{self.name} does not take tensors")
         return await collect(self.infer_stream(req))
 
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:

@@ -149,8 +149,9 @@ class ProxyHandler(APIHandler):
 
     async def _forward(self, path: str) -> None:
         headers = {"Authorization": f"Bearer {self.backend.key}"}
-        if "Content-Type" in self.request.headers:
-            headers["Content-Type"] = self.request.headers["Content-Type"]
+        for name in _FORWARDED:  # the body's type, and the Open Inference Protocol's split
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
         query = _without_token(self.request.query)
         target = "/" + path + (f"?{query}" if query else "")
         try:
@@ -182,6 +183,9 @@ class ProxyHandler(APIHandler):
             except StreamClosedError:
                 return  # leaving the block closes upstream: the engine stops generating
         self.finish()
+
+
+_FORWARDED = ("Content-Type", "Inference-Header-Content-Length")
 
 
 class UiHandler(JupyterHandler):

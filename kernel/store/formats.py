@@ -16,7 +16,19 @@ from ..schema import ModelMetadata
 from . import gguf
 from .manifest import FileEntry
 
-FORMATS = "gguf (file), onnx (file or folder), safetensors (folder with config.json)"
+FORMATS = (
+    "gguf (file), onnx (file or folder), safetensors (folder with config.json), "
+    "tensorflow (SavedModel folder or .keras file), pytorch (.pt2 torch.export or .pt "
+    "TorchScript file), jax (.jaxexport file: a serialized jax.export program)"
+)
+# file suffixes -> formats, for the formats known by their name alone
+_SUFFIXES = {
+    ".onnx": "onnx",
+    ".keras": "tensorflow",
+    ".pt2": "pytorch",
+    ".pt": "pytorch",
+    ".jaxexport": "jax",
+}
 _BLOCK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -33,6 +45,8 @@ def detect_format(path: Path, filename: str | None = None) -> str:
         names = {p.name for p in path.iterdir()}
         if any(n.endswith(".onnx") for n in names):
             return "onnx"
+        if "saved_model.pb" in names:
+            return "tensorflow"
         if "config.json" in names and any(n.endswith(".safetensors") for n in names):
             return "safetensors"
         raise UnsupportedFormat(f"unsupported model folder {path}; known formats: {FORMATS}")
@@ -41,8 +55,8 @@ def detect_format(path: Path, filename: str | None = None) -> str:
     suffix = PurePosixPath(filename or path.name).suffix.lower()
     if magic == gguf.MAGIC or suffix == ".gguf":
         return "gguf"
-    if suffix == ".onnx":
-        return "onnx"
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
     raise UnsupportedFormat(f"unsupported model file {path}; known formats: {FORMATS}")
 
 
