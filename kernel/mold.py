@@ -65,7 +65,7 @@ class Mold(Protocol):
     name: str
     backend: str
     device: str
-    tasks: frozenset[str]  # {"generate", "chat", "embed", "rerank", "tokenize", "batch"}
+    tasks: frozenset[str]  # {"generate", "chat", "embed", "rerank", "infer", "tokenize", "batch"}
     metadata: ModelMetadata
     context_length: int
     memory: int  # bytes this instance holds, estimated before load and measured after

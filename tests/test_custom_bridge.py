@@ -26,6 +26,7 @@ from ferrousforge.errors import (
     ConfigError,
     InferenceError,
     InvalidModelFile,
+    InvalidTensor,
     UnsupportedTask,
 )
 
@@ -118,6 +119,30 @@ def test_tasks_come_from_the_methods(kernel_engine: ff.Engine) -> None:
     assert kernel_engine.detokenize("talker", kernel_engine.tokenize("talker", "hé")) == "hé"
     with pytest.raises(UnsupportedTask, match="cannot embed"):
         kernel_engine.embed("talker", "hi")
+
+
+def test_a_custom_model_infers_with_its_specs_checked(kernel_engine: ff.Engine) -> None:
+    import numpy as np
+
+    class Scale(ff.CustomModel):
+        models = ("scale",)
+        inputs = ({"name": "x", "datatype": "FP32", "shape": [-1, 2]},)
+        outputs = ({"name": "y", "datatype": "FP32", "shape": [-1, 2]},)
+
+        def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+            return {"y": inputs["x"] * np.float32(3), "extra": inputs["x"].sum()}
+
+    kernel_engine.register(Scale)
+    shown = kernel_engine.show("scale").metadata
+    assert [(s.name, s.datatype, s.shape) for s in shown.input_shapes] == [("x", "FP32", [-1, 2])]
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    got = kernel_engine.infer("scale", {"x": x}, outputs=["y"]).tensors
+    assert list(got) == ["y"] and got["y"].tolist() == (x * 3).tolist()
+    assert kernel_engine.infer("scale", {"x": [[1, 2]]}).tensors["y"].dtype == np.float32
+    with pytest.raises(InvalidTensor, match="'x' must have shape \\[\\?, 2\\], not \\[2, 3\\]"):
+        kernel_engine.infer("scale", {"x": x.reshape(2, 3)})
+    with pytest.raises(InvalidTensor, match="missing input 'x'"):
+        kernel_engine.infer("scale", {})
 
 
 def test_user_errors_become_forge_errors(kernel_engine: ff.Engine) -> None:

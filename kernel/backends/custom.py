@@ -79,6 +79,9 @@ class CustomModel:
     formats: ClassVar[Sequence[str]] = ()  # store formats it reads (files: see ``manifest``)
     context_length: ClassVar[int] = 2048
     memory: ClassVar[int] = 0  # bytes a loaded one holds, for the scheduler's budget
+    # infer's tensors, each {"name", "datatype", "shape"} (a TensorSpec); () when unchecked
+    inputs: ClassVar[Sequence[Any]] = ()
+    outputs: ClassVar[Sequence[Any]] = ()
     manifest: Manifest | None = None  # the store entry being served, set before load()
 
     def load(self) -> None:
