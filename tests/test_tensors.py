@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_inputs_are_checked_by_name_datatype_and_shape() -> None:
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_requests_and_responses_round_trip(binary: bool) -> None:
-    inputs = {
+    inputs: dict[str, Any] = {
         "x": np.arange(6, dtype=np.float16).reshape(2, 3),
         "ids": np.array([[1, -2]], np.int64),
         "words": np.array([b"cat", "kätzchen".encode(), b""], object),
