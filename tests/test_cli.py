@@ -177,6 +177,7 @@ def test_serve_refuses_a_busy_port(env: dict[str, str]) -> None:
 def test_devices_and_ps(env: dict[str, str]) -> None:
     r = forge(env, "devices")
     assert r.returncode == 0
+    assert r.stdout.split()[:2] == ["DEVICE", "BACKENDS"]  # then MEMORY, FREE and the name
     assert any(line.startswith("cpu ") and "llama_cpp" in line for line in r.stdout.splitlines())
     as_json = json.loads(forge(env, "devices", "--json").stdout)
     assert as_json[0]["id"] == "cpu" and as_json[0]["memory_total"] > 0

@@ -172,3 +172,45 @@ def test_tensorrt_comes_first_on_cuda_when_onnxruntime_has_it(
     else:
         assert options == chosen
         assert "no TensorrtExecutionProvider" in str(backend.accelerators()["tensorrt"])
+
+
+def test_forge_devices_names_the_backends_of_each_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ferrousforge.cli.main import main
+
+    class WithAccelerator(FakeBackend):
+        def accelerators(self) -> dict[str, str | None]:
+            return {"tensorrt": "no TensorRT here", "coreml": None}
+
+    def gpu(backend: str) -> Device:
+        return Device("cuda:0", "Fake GPU with a long name", 8 * GB, 6 * GB, (backend,))
+
+    found = Backends(
+        [
+            FakeBackend("a", {"gguf"}, [cpu_device("a"), gpu("a")]),
+            WithAccelerator("b", {"onnx"}, [cpu_device("b"), gpu("b")]),
+            FakeBackend("c", {"safetensors"}, [cpu_device("c")]),
+            FakeBackend("gone", {"onnx"}, [], ok=False),
+        ]
+    )
+    monkeypatch.setattr(Backends, "discover", classmethod(lambda cls: found))
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path))
+    assert main(["devices"]) == 0
+    head, cpu, cuda, *notes = capsys.readouterr().out.splitlines()
+    assert head.split() == ["DEVICE", "BACKENDS", "MEMORY", "FREE", "NAME"]
+    assert cpu.startswith("cpu ") and "   a, b, c   " in cpu
+    assert cuda.startswith("cuda:0 ") and "   a, b   " in cuda
+    assert cuda.split()[-10:] == "8.6 GB 6.4 GB Fake GPU with a long name".split()  # name last
+    assert cpu.index("a, b, c") == cuda.index("a, b") == head.index("BACKENDS")  # aligned
+    assert notes == [
+        "tensorrt (b): unavailable: no TensorRT here",
+        "gone: unavailable: gone is not installed; install it with: "
+        "pip install 'ferrousforge[gone]'",
+    ]
+    assert main(["devices", "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert [(d["id"], d["backends"]) for d in as_json] == [
+        ("cpu", ["a", "b", "c"]),
+        ("cuda:0", ["a", "b"]),
+    ]

@@ -56,7 +56,21 @@ def test_embeddings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    out = "\n".join(outputs(c) for c in execute("backends", monkeypatch, tmp_path))
-    rows = {tuple(line.split()[:2]): line for line in out.splitlines() if line.strip()}
-    for pair in (("torch", "cpu"), ("onnx", "cpu"), ("tvm", "cpu")):
-        assert pair in rows and rows[pair].endswith(" ok"), out
+    cells = execute("backends", monkeypatch, tmp_path)
+    out = "\n".join(outputs(c) for c in cells)
+    assert "Traceback" not in out, out
+    rows = {tuple(line.split()[:3]): line for line in out.splitlines() if line.strip()}
+    for pair in (("torch", "cpu"), ("onnx", "cpu"), ("tvm", "cpu"), ("jax", "cpu")):
+        found = [line for key, line in rows.items() if key[:2] == pair and "minilm" in key[2]]
+        assert found and found[0].endswith(" ok"), out  # minilm:l6, or its -onnx/-tvm form
+    for backend in ("onnx", "tvm"):  # the ONNX classifier made in the notebook
+        assert rows[(backend, "cpu", "cls:latest")].endswith(" ok"), out
+    assert float(out.split("jax ~ torch cosine:")[1].split()[0]) >= 0.9999
+    assert "hashvec: 32 dims" in out
+    assert "images: FP32[?, 3, 8, 8]" in out and "logits match numpy: True" in out
+    assert "{'logits': (2, 10), 'probabilities': (2, 10)}" in out  # r = %forge infer ...
+    assert "cls: 1 output in" in out and "probabilities   float32   [4, 10]" in out  # the table
+    assert (
+        "tensorflow matches keras: True" in out
+        or "tensorflow is not installed here: pip install 'ferrousforge[tensorflow]'" in out
+    )

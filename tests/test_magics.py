@@ -168,3 +168,70 @@ def test_browser_shows_a_widget_bound_to_a_name(shell: Any) -> None:
     cap, _ = line(shell, "browser minilm:l6 --target gpu")
     assert cap.stderr.startswith("forge: argument --target: invalid choice")
     assert len(cap.stderr.strip().splitlines()) == 1
+
+
+def test_infer_runs_a_tensor_model_on_your_arrays(shell: Any, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from ferrousforge.notebook.infer import Tensors
+
+    from .tensormodels import images, onnxruntime_outputs, write_classifier
+
+    graph = write_classifier(tmp_path / "classifier.onnx")
+    notebook.shared().pull(str(graph), name="cls")
+    x = shell.user_ns["x"] = images(3)
+    want = onnxruntime_outputs(graph, {"images": x})
+    cap, r = line(shell, "infer cls images=x")
+    assert isinstance(r, Tensors) and list(r) == ["logits", "probabilities"] and not cap.stderr
+    for name, array in want.items():
+        np.testing.assert_allclose(r[name], array, rtol=1e-6, atol=1e-6)
+    text = shell.display_formatter.format(r)[0]["text/plain"]  # how the cell shows it
+    assert text.startswith("cls: 2 outputs in ") and "probabilities   float32   [3, 10]" in text
+    first = f"{float(want['logits'].reshape(-1)[0]):.4g}"
+    assert f"[{first}, " in text and "| `logits` | `float32` | `[3, 10]` |" in r._repr_markdown_()
+    # a Python expression, spaces in brackets and quotes included; only the outputs asked for
+    _, r = line(shell, "infer cls images=x[:2].astype('float32') --outputs probabilities")
+    assert list(r) == ["probabilities"] and r["probabilities"].shape == (2, 10)
+    np.testing.assert_allclose(r["probabilities"], want["probabilities"][:2], atol=1e-6)
+    # the cell form: the body is a dict of inputs; -o keeps the outputs and shows them
+    cap = cell(shell, "infer cls -o out --outputs logits", '{"images": x[1:]}')
+    np.testing.assert_allclose(shell.user_ns["out"]["logits"], want["logits"][1:], atol=1e-5)
+    assert "logits" in shown(cap) and not cap.stderr
+    cap, _ = line(shell, "help")
+    assert "%forge infer MODEL NAME=EXPR" in cap.stdout and "%%forge infer MODEL" in cap.stdout
+
+
+@pytest.mark.parametrize(
+    ("magic", "body", "message"),
+    [
+        ("infer cls images=nothing", None, "forge: images: name 'nothing' is not defined"),
+        ("infer cls images", None, "forge: 'images' is not NAME=EXPR"),
+        ("infer cls images=x[", None, "forge: an unclosed bracket"),
+        ("infer cls images=x.astype('float64')", None, "forge: input 'images' must be FP32"),
+        ("infer cls", None, "forge: missing input 'images' (images: FP32[?, 3, 8, 8])"),
+        ("infer cls images=x --outputs nope", None, "forge: unknown output 'nope'"),
+        ("infer echo:1 images=x", None, "forge: echo:1 does not take tensors"),
+        ("infer cls", "[x]", "forge: the cell must be a dict of inputs by name, not a list"),
+        ("infer cls", "{'images': x", "forge: the cell: not a Python expression"),
+    ],
+)
+def test_infer_errors_are_one_line(
+    shell: Any, tmp_path: Path, magic: str, body: str | None, message: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from .tensormodels import images, write_classifier
+
+    engine = notebook.shared()
+    if not any(m.name == "cls:latest" for m in engine.list()):
+        engine.pull(str(write_classifier(tmp_path / "classifier.onnx")), name="cls")
+    shell.user_ns["x"] = images(1)
+    if body is None:
+        cap, value = line(shell, magic)
+        assert value is None
+    else:
+        cap = cell(shell, magic, body)
+    assert cap.stderr.startswith(message), cap.stderr
+    assert len(cap.stderr.strip().splitlines()) == 1 and "Traceback" not in cap.stdout

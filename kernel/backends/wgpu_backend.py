@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import re
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -38,6 +40,8 @@ _KINDS = {
     "OpenGLES": "gl",
     "WebGPU": "webgpu",
 }
+
+log = logging.getLogger(__name__)
 
 
 def _wgpu() -> Any:
@@ -90,6 +94,12 @@ class WgpuBackend:
     def devices(self) -> list[Device]:
         import psutil
 
+        if "tensorflow" in sys.modules:
+            # Probing loads the Vulkan/GL drivers, and Mesa's bring their own LLVM, which
+            # beside TensorFlow's aborts the process at exit (the other order segfaults;
+            # tensorflow_backend refuses that one)
+            log.warning("wgpu devices are not listed: TensorFlow is loaded in this process")
+            return []
         found = []
         for device_id, adapter in adapters().items():
             info = adapter.info

@@ -160,11 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 1 and 8 by 16, 32, 64, 128); others compile on first use",
     )
 
-    p = cmd("parity", "Compare a model's embeddings on every backend and device", commands.parity)
-    p.add_argument("model", help="e.g. minilm:l6 (torch on cpu is the reference)")
+    p = cmd(
+        "parity",
+        "Compare a model's embeddings, or a tensor model's outputs, on every backend and "
+        "device (backends not installed, or not doing the task, are listed as skipped)",
+        commands.parity,
+    )
+    p.add_argument(
+        "model",
+        help="e.g. minilm:l6 (reference: torch on cpu), or a tensor model such as an ONNX "
+        "graph (reference: its format's own backend on cpu)",
+    )
     p.add_argument("--backends", help="comma-separated, e.g. onnx,torch (default: all)")
     p.add_argument("--devices", help="comma-separated, e.g. cpu,cuda:0 (default: all)")
-    p.add_argument("--tolerance", type=float, help="max abs diff (default 1e-5, wgpu 1e-4)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="max abs diff (default 1e-5, wgpu 1e-4; for tensors, times the largest |value| "
+        "above 1)",
+    )
+    p.add_argument(
+        "--inputs",
+        metavar="FILE.npz",
+        help="a tensor model's inputs, arrays by input name (default: random ones of the "
+        "shapes and datatypes it declares, unknown dimensions 2)",
+    )
     p.add_argument("--json", action="store_true", help="the rows as JSON")
 
     p = cmd("hash-key", "Print the sha256:<hex> form of an API key, for configs", commands.hash_key)

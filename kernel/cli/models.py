@@ -7,7 +7,9 @@ import argparse
 import json
 import time
 
+from ..backends import extra_for
 from ..config import load_settings
+from ..errors import MissingExtra
 from ..humanize import ago, clip, kv_cells, size, slots, table, until
 from ..runstate import read_all
 from .commands import local_engine
@@ -153,13 +155,18 @@ def devices(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    # the backends first, the (long) device name last: a narrow terminal wraps only that
     rows = [
-        (d.id, d.name, size(d.memory_total), size(d.memory_free), ", ".join(d.backends))
+        (d.id, ", ".join(d.backends), size(d.memory_total), size(d.memory_free), d.name)
         for d in found
     ]
-    out(table(("DEVICE", "NAME", "MEMORY", "FREE", "BACKENDS"), rows))
-    for backend in engine.backends:  # accelerators a backend knows of, and why not here
-        for name, why in getattr(backend, "accelerators", dict)().items():
-            if why is not None and backend.available():
-                out(f"{name} ({backend.name}): unavailable: {why}")
+    out(table(("DEVICE", "BACKENDS", "MEMORY", "FREE", "NAME"), rows))
+    for backend in engine.backends:  # what is not here, and why
+        if not backend.available():
+            why = MissingExtra(backend.name, extra_for(backend.name))
+            out(f"{backend.name}: unavailable: {why}")
+            continue
+        for name, reason in getattr(backend, "accelerators", dict)().items():
+            if reason is not None:
+                out(f"{name} ({backend.name}): unavailable: {reason}")
     return 0

@@ -29,6 +29,7 @@ from ..humanize import kv_cells, slots, table, until
 from ..humanize import size as _size
 from ..interface import EngineClient
 from ..progress import Progress
+from . import infer
 from .answer import Answer, stream_answer
 
 HELP = """\
@@ -39,6 +40,10 @@ HELP = """\
 %forge browser MODEL [--target auto|wasm|webgpu] [--runtime R] [--web-url URL] [-o VAR]
                              a BrowserMold widget: MODEL runs in this browser tab
 %forge clear                 forget the --history conversation
+%forge infer MODEL NAME=EXPR... [--outputs A,B] [-o VAR] [--keep-alive T]
+                             a tensor model's outputs (a dict of arrays, shown as a
+                             table) for inputs from your names: infer cls images=x
+%%forge infer MODEL [...]    the same; the cell is a dict of inputs: {"images": x}
 %forge MODEL PROMPT...       a one-line answer
 %%forge [MODEL] [--system S] [--format markdown|text|code|json] [--temperature T]
         [--max-tokens N] [-o VAR] [--history] [--background]
@@ -106,6 +111,8 @@ class ForgeMagics(Magics):
     # -- %forge ---------------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
+        if line.split(None, 1)[:1] == ["infer"]:  # its EXPRs are Python, not shell words
+            return self._infer(infer.split(line)[1:], None)
         args = shlex.split(line)
         if not args or args[0] in ("help", "-h", "--help"):
             sys.stdout.write(HELP + "\n")
@@ -138,9 +145,9 @@ class ForgeMagics(Magics):
                 for m in engine.ps()
             ]
             _table(("NAME", "BACKEND", "DEVICE", "MEMORY", "SLOTS", "KV CELLS", "UNTIL"), loaded)
-        elif command == "devices":
-            usable = [(d.id, d.name, ", ".join(d.backends)) for d in engine.devices()]
-            _table(("DEVICE", "NAME", "BACKENDS"), usable)
+        elif command == "devices":  # the device's (long) name last
+            usable = [(d.id, ", ".join(d.backends), d.name) for d in engine.devices()]
+            _table(("DEVICE", "BACKENDS", "NAME"), usable)
         elif command == "show":
             return engine.show(rest[0])
         elif command == "pull":
@@ -222,9 +229,33 @@ class ForgeMagics(Magics):
         display(widget)
         return None
 
+    def _infer(self, rest: list[str], cell: str | None) -> Any:
+        """``infer.Tensors``, shown and kept in ``-o VAR``, else returned (``r = %forge
+        infer ...`` keeps it; as the cell's result it shows itself)."""
+        p = _Parser(prog="%forge infer", add_help=False)
+        p.add_argument("model")
+        p.add_argument("inputs", nargs="*", metavar="NAME=EXPR")
+        p.add_argument("--outputs", action="append", default=[])
+        p.add_argument("--keep-alive")
+        p.add_argument("-o", dest="output")
+        a = p.parse_intermixed_args(rest)
+        inputs = infer.inputs_from(self._names(), a.inputs, cell)
+        wanted = [n.strip() for v in a.outputs for n in v.split(",") if n.strip()] or None
+        start = time.perf_counter()
+        result = self.engine().infer(a.model, inputs, outputs=wanted, keep_alive=a.keep_alive)
+        ms = (time.perf_counter() - start) * 1e3
+        tensors = infer.Tensors(result.tensors, model=a.model, ms=ms)
+        if not a.output:
+            return tensors
+        self._names()[a.output] = tensors
+        display(tensors)
+        return None
+
     # -- %%forge --------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> Any:
+        if line.split(None, 1)[:1] == ["infer"]:  # %%forge infer MODEL: the cell is the inputs
+            return self._infer(infer.split(line)[1:], cell)
         a = _cell_parser().parse_args(shlex.split(line))
         model = a.model or self.default
         if not model:
