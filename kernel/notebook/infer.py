@@ -9,9 +9,8 @@
 Each ``NAME=EXPR`` is one input: EXPR is a Python expression evaluated in the user's
 namespace, a variable's name most often (written as in a cell: a space inside brackets or
 quotes does not end it; IPython still expands ``{...}`` and ``$name`` in a line). The cell
-form's
-body is one expression giving a dict of inputs by name (a line's ``NAME=EXPR`` are added
-to it). The answer is a ``Tensors``: a dict of numpy arrays by output name, which shows
+form's body is one expression giving a dict of inputs by name (a line's ``NAME=EXPR`` are
+added to it). The answer is a ``Tensors``: a dict of numpy arrays by output name, which shows
 itself as a table of each output's dtype, shape and first values.
 """
 
