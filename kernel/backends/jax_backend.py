@@ -8,6 +8,9 @@ The forward pools on the device: embeddings, layer norm, each layer's attention 
 padding mask) and GELU feed-forward under ``lax.scan``, then the masked mean and the L2
 norm, so only one vector per text comes back. Batches are padded to a few bucket shapes, so
 that a handful of compilations serve every batch; padded rows and tokens are masked out.
+
+It also runs serialized ``jax.export`` programs (the ``jax`` format, ``.jaxexport`` files)
+for the ``infer`` task (:mod:`jax_programs`): no other backend reads them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..mold import Device, LoadOptions, Mold
 from ..store.manifest import Manifest
 from . import bert_plan, safetensors_file
 from .encoders import Batch, EncoderMold
+from .tensor_mold import Specs
 
 # Per-layer weights, stacked on a leading layer axis for lax.scan (bert_plan's names).
 LAYER_WEIGHTS = ("qkv", "qkv_b", *bert_plan.LAYER)
@@ -63,8 +67,10 @@ def bucket(n: int, most: int) -> int:
 
 class JaxBackend:
     name = "jax"
-    formats = frozenset({"safetensors"})
-    automatic = False  # safetensors go to torch unless jax is asked for: it only embeds
+    formats = frozenset({"safetensors", "jax"})
+    # safetensors go to torch unless jax is asked for: it only embeds them. For the jax
+    # format it is the only reader, so Backends.for_format picks it all the same.
+    automatic = False
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) for m in ("jax", "jaxlib", "tokenizers", "numpy"))
@@ -81,9 +87,22 @@ class JaxBackend:
     def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
         return int(manifest.size * 1.5) + (64 << 20)
 
+    def signature(self, manifest: Manifest) -> Specs:
+        """A ``jax.export`` program's inputs and outputs (at pull); an encoder folder's stay
+        as they are (it takes text, not tensors)."""
+        if manifest.format != "jax":
+            return manifest.metadata.input_shapes, manifest.metadata.output_shapes
+        from .jax_programs import signature
+
+        return signature(manifest.file)
+
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("jax", "jax")
+        if manifest.format == "jax":
+            from .jax_programs import JaxProgramMold
+
+            return JaxProgramMold(manifest, device, opts, self.estimate_memory(manifest, opts))
         return JaxMold(manifest, device, opts, self.estimate_memory(manifest, opts))
 
 

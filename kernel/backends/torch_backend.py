@@ -1,7 +1,9 @@
 """The torch backend (extra ``torch``): safetensors folders with config.json, loaded through
 ``transformers`` from the local folder only, on cpu, cuda or mps. Sentence embeddings, and
 cross-encoders (``...ForSequenceClassification``) for rerank; ``open`` is the seam for decoder
-models (AutoModelForCausalLM): they are refused there for now.
+models (AutoModelForCausalLM): they are refused there for now. Saved programs (the
+``pytorch`` format: ``.pt2`` from ``torch.export``, ``.pt`` TorchScript) answer ``infer``
+(:mod:`torch_programs`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from ..mold import Device, LoadOptions, Mold
 from ..store.formats import is_cross_encoder, is_decoder
 from ..store.manifest import Manifest
 from .encoders import Batch, EncoderMold
+from .tensor_mold import Specs
 
 
 class TorchBackend:
     name = "torch"
-    formats = frozenset({"safetensors"})
+    formats = frozenset({"safetensors", "pytorch"})
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "tokenizers"))
@@ -41,9 +44,22 @@ class TorchBackend:
     def estimate_memory(self, manifest: Manifest, opts: LoadOptions) -> int:
         return int(manifest.size * 1.2) + (64 << 20)
 
+    def signature(self, manifest: Manifest) -> Specs:
+        """A saved program's inputs and outputs (at pull); an encoder folder's stay as
+        they are (it takes text, not tensors)."""
+        if manifest.format != "pytorch":
+            return manifest.metadata.input_shapes, manifest.metadata.output_shapes
+        from .torch_programs import signature
+
+        return signature(manifest.file)
+
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("torch and transformers", "torch")
+        if manifest.format == "pytorch":
+            from .torch_programs import TorchProgramMold
+
+            return TorchProgramMold(manifest, device, opts, self.estimate_memory(manifest, opts))
         if is_decoder(manifest.file):
             # The seam for generation: a decoder Mold (AutoModelForCausalLM, streaming through
             # a TextIteratorStreamer on the Mold's worker) plugs in here.

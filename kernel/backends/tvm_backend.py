@@ -4,6 +4,7 @@ It reads ONNX graphs, safetensors folders (through ``torch.export``) and the ``t
 entries ``forge convert --to tvm`` makes (an ONNX graph plus ``tvm.json``: target, shapes
 compiled ahead and tuning trials). Inputs are padded to a compiled (batch, tokens) shape;
 a shape not compiled yet is compiled on first use and cached (``tvm_compile.Cache``).
+An ONNX graph with no tokenizer answers ``infer`` instead (:mod:`tvm_tensors`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ class TvmBackend:
     def open(self, manifest: Manifest, device: Device, opts: LoadOptions) -> Mold:
         if not self.available():
             raise MissingExtra("apache-tvm", "tvm")
-        return TvmMold(manifest, device, opts, self.estimate_memory(manifest, opts))
+        memory = self.estimate_memory(manifest, opts)
+        folder = manifest.file if manifest.file.is_dir() else manifest.file.parent
+        if manifest.format == "onnx" and not (folder / "tokenizer.json").is_file():
+            from .tvm_tensors import TvmTensorMold
+
+            return TvmTensorMold(manifest, device, opts, memory)
+        return TvmMold(manifest, device, opts, memory)
 
 
 def source_of(manifest: Manifest) -> Source:

@@ -175,12 +175,7 @@ def _import(source: Source, shape: tuple[int, int]) -> tuple[Any, list[Any]]:
 
 
 def _from_onnx(path: Path, shape: tuple[int, int]) -> Any:
-    try:
-        import onnx
-        import onnxruntime as ort
-        from tvm.relax.frontend.onnx import from_onnx
-    except ImportError as e:
-        raise MissingExtra(f"{e.name} (for TVM's ONNX frontend)", "onnx") from e
+    onnx = _onnx_modules()[0]
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and friends
@@ -189,7 +184,26 @@ def _from_onnx(path: Path, shape: tuple[int, int]) -> Any:
         dims = graph_input.type.tensor_type.shape.dim
         if graph_input.name in INPUTS and len(dims) == 2:
             dims[0].dim_value, dims[1].dim_value = shape
-    # onnxruntime's basic level folds the Shape/ConstantOfShape chains the importer rejects
+    return import_folded(model, str(path), keep_params_in_input=True)
+
+
+def _onnx_modules() -> tuple[Any, Any, Any]:
+    """onnx, onnxruntime and TVM's ONNX importer, or MissingExtra naming the one missing."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError as e:
+        raise MissingExtra(f"{e.name} (for TVM's ONNX frontend)", "onnx") from e
+    return onnx, ort, from_onnx
+
+
+def import_folded(model: Any, what: str, **frontend: Any) -> Any:
+    """``model`` (an onnx ModelProto whose inputs have static shapes) through TVM's ONNX
+    importer, after onnxruntime's basic level folded the Shape/ConstantOfShape chains the
+    importer rejects. ``frontend``: keywords for ``from_onnx``."""
+    onnx, ort, from_onnx = _onnx_modules()
+
     with tempfile.TemporaryDirectory() as tmp:
         fixed, folded = Path(tmp, "fixed.onnx"), Path(tmp, "folded.onnx")
         onnx.save(model, str(fixed))
@@ -199,9 +213,9 @@ def _from_onnx(path: Path, shape: tuple[int, int]) -> Any:
         so.log_severity_level = 3
         try:
             ort.InferenceSession(str(fixed), so, providers=["CPUExecutionProvider"])
-            return from_onnx(onnx.load(str(folded)), keep_params_in_input=True)
-        except Exception as e:
-            raise InvalidModelFile(f"TVM cannot import {path}: {str(e).splitlines()[-1]}") from e
+            return from_onnx(onnx.load(str(folded)), **frontend)
+        except Exception as e:  # the importer's and onnxruntime's own errors
+            raise InvalidModelFile(f"TVM cannot import {what}: {str(e).splitlines()[-1]}") from e
 
 
 def _from_torch(folder: Path, shape: tuple[int, int]) -> Any:
