@@ -12,6 +12,7 @@ shape (only their names are checked), and its outputs are counted when it return
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ def load(path: Path, device: str = "cpu") -> tuple[Any, Specs, Any]:
     call it: the exported program's input tree, or None for TorchScript)."""
     import torch
 
-    exported = path.suffix == ".pt2"
+    exported = is_exported(path)
     try:
         if exported:
             program = torch.export.load(str(path))
@@ -55,6 +56,16 @@ def load(path: Path, device: str = "cpu") -> tuple[Any, Specs, Any]:
         specs = exported_specs(program)
         return program.module().to(device), specs, program.call_spec.in_spec
     return module.eval(), script_specs(module), None
+
+
+def is_exported(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.export.save`` archive (it names its ``archive_format``)
+    rather than TorchScript; by content, since a URL pull's blob has no suffix."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/archive_format") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return path.suffix == ".pt2"
 
 
 def signature(path: Path) -> Specs:
