@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ COMMANDS = [
     "ps",
     "devices",
     "embed",
+    "infer",
     "hash-key",
     "web",
 ]
@@ -126,6 +128,38 @@ def test_embed_json(env: dict[str, str], tiny: Path) -> None:
     assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-4
     plain = forge(env, "embed", "tiny-model", "the hot word").stdout
     assert plain.startswith("64-d [")
+
+
+def test_infer_reads_npy_json_and_npz_inputs(env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import numpy as np
+
+    from .tensormodels import images, onnxruntime_outputs, write_classifier
+
+    graph = write_classifier(tmp_path / "cls.onnx")
+    assert forge(env, "pull", str(graph)).returncode == 0
+    x = images(2)
+    np.save(tmp_path / "x.npy", x)
+    expected = onnxruntime_outputs(graph, {"images": x})
+    saved = tmp_path / "out.npz"
+    r = forge(env, "infer", "cls", f"images={tmp_path / 'x.npy'}", "--save", str(saved))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"probabilities\s+float32\s+\[2, 10\]\s+\[0\.", r.stdout), r.stdout
+    with np.load(saved) as got:
+        np.testing.assert_allclose(got["logits"], expected["logits"], rtol=1e-6)
+    np.savez(tmp_path / "in.npz", images=x[:1])
+    listed = json.dumps(x[:1].tolist())
+    for how in (["--npz", str(tmp_path / "in.npz")], [f"images={listed}"]):
+        r = forge(env, "infer", "cls", *how, "--outputs", "logits", "--json")
+        assert r.returncode == 0, r.stderr
+        [out] = json.loads(r.stdout)["outputs"]
+        assert (out["name"], out["shape"]) == ("logits", [1, 10])
+        np.testing.assert_allclose(out["data"], expected["logits"][0], rtol=1e-5)
+    r = forge(env, "infer", "cls", f"images={json.dumps(x[:, :1].tolist())}")
+    assert r.returncode == 1 and r.stderr.startswith("Error: input 'images' must have shape")
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = forge(env, "infer", "cls", "images")
+    assert r.returncode != 0 and "not NAME=VALUE" in r.stderr
 
 
 def test_ps_sees_models_loaded_by_another_process(env: dict[str, str], tiny: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ForgeError
-from . import commands, models, servers
+from . import commands, models, servers, tensors
 from .render import err
 
 DESCRIPTION = """\
@@ -23,6 +23,7 @@ FerrousForge runs ML models locally through one engine.
   forge list / show / rm / cp      manage the model store ($FORGE_HOME, ~/.ferrousforge)
   forge check                      verify every model's files, sweep what crashes left
   forge ps / devices               what is loaded, and what hardware can run it
+  forge infer cls images=x.npy     a tensor model's outputs (ONNX, torch, jax, TensorFlow)
   forge serve                      the Ollama/OpenAI-compatible API on 127.0.0.1:11434
   forge web                        the in-browser demo and forge.js on 127.0.0.1:11435/web/
 
@@ -228,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
+    _load_flags(p)
+
+    p = cmd(
+        "infer",
+        "Run a tensor model (an ONNX graph, a torch or jax program, a SavedModel) on inputs",
+        tensors.infer,
+    )
+    p.add_argument("model")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="an input: a .npy file (images=x.npy) or a JSON array (x='[[1, 2]]', in the "
+        "datatype the model declares)",
+    )
+    p.add_argument("--npz", metavar="FILE", help="inputs from an .npz archive, by name")
+    p.add_argument("--outputs", metavar="A,B", help="the outputs to give (default: all)")
+    p.add_argument("--save", metavar="FILE.npz", help="save the outputs there (numpy .npz)")
+    p.add_argument("--json", action="store_true", help="print the Open Inference Protocol JSON")
     _load_flags(p)
     return parser
 
