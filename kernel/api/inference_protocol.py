@@ -21,6 +21,50 @@ from .common import engine_of, within
 
 router = APIRouter(tags=["open inference protocol"])
 _ERRORS = docs.ERRORS
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "INT8", "INT32", "INT64",
+                                                "FP16", "FP32", "FP64", "BYTES"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "data": {"type": "array", "description": "the elements, flat or nested, row-major"},
+        "parameters": {"type": "object", "description": "binary_data_size, binary_data"},
+    },
+}  # fmt: skip
+_INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "inputs": {"type": "array", "items": _TENSOR},
+                    "outputs": {"type": "array", "items": {"type": "object"}},
+                    "parameters": {"type": "object"},
+                },
+            }
+        },
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "the JSON header, then the raw tensors (Inference-Header-Content-Length)",
+        },
+    },
+}
+_INFER_ANSWERS = {
+    200: {
+        "description": "the outputs: JSON, or with binary outputs the JSON header and raw "
+        "tensors (application/octet-stream, Inference-Header-Content-Length)",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    **_ERRORS,
+}
 _VERSION = "1"
 
 
@@ -60,7 +104,12 @@ async def model_ready(name: str, request: Request) -> dict[str, Any]:
     return {"name": manifest.name, "ready": True}
 
 
-@router.post("/v2/models/{name:path}/infer", operation_id="v2_infer", responses=_ERRORS)
+@router.post(
+    "/v2/models/{name:path}/infer",
+    operation_id="v2_infer",
+    responses=_INFER_ANSWERS,
+    openapi_extra={"requestBody": _INFER_BODY},
+)
 async def infer(name: str, request: Request) -> Response:
     """Run the model on the request's tensors. With the binary-data extension, the
     ``Inference-Header-Content-Length`` header gives the JSON header's length, and the raw
