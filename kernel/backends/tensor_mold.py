@@ -9,7 +9,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..errors import InferenceError, ModelNotLoaded, UnsupportedTask
+from ..errors import ForgeError, InferenceError, ModelNotLoaded, UnsupportedTask
 from ..mold import Device, LoadOptions, Occupancy
 from ..schema import ChatRequest, Chunk, GenerateRequest, Request, Result, Stats
 from ..store.manifest import Manifest
@@ -79,7 +79,7 @@ class TensorMold(abc.ABC):
 
         try:
             found = self._run(req.inputs)
-        except (UnsupportedTask, InferenceError):
+        except ForgeError:
             raise
         except Exception as e:  # the runtime's own error types
             raise InferenceError(f"{self.backend} could not run {self.name}: {e}") from e
