@@ -253,6 +253,19 @@ def test_the_server_survives_a_crash_of_its_engine(server: Server) -> None:
     assert r.status_code == 200 and r.json()["response"]
 
 
+def _engine_child(jupyter: Any) -> Any:
+    """The engine child of a Jupyter server (a psutil Process). Waits a little: one that
+    crashed at start (a port taken between the probe and its bind, say) is restarted after
+    a second."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = [p for p in jupyter.children() if "serve_for_parent" in " ".join(p.cmdline())]
+        if len(found) == 1 or time.monotonic() > deadline:
+            [engine] = found
+            return engine
+        time.sleep(0.2)
+
+
 def test_the_engine_ends_with_a_killed_jupyter_server(tmp_path: Path) -> None:
     """SIGKILL gives Jupyter no chance to stop its engine: the child sees its parent gone
     and ends by itself, so no engine is left behind holding a port and memory."""
@@ -268,7 +281,7 @@ def test_the_engine_ends_with_a_killed_jupyter_server(tmp_path: Path) -> None:
             for c in psutil.net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port and c.pid
         )
-        [engine] = [p for p in jupyter.children() if "serve_for_parent" in " ".join(p.cmdline())]
+        engine = _engine_child(jupyter)
         jupyter.kill()
         engine.wait(30)  # psutil.TimeoutExpired if it outlives its parent
         assert not engine.is_running()
