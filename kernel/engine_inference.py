@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,31 @@ class EngineMixin:
             options: InferenceOptions | None = None,
             priority: int = 0,
         ) -> AbstractAsyncContextManager[Lease]: ...
+
+    async def _observed(
+        self,
+        manifest: Manifest,
+        task: str,
+        keep_alive: KeepAlive,
+        begin: Callable[[Mold], Callable[[], Awaitable[Result]]],
+    ) -> Result:
+        """One whole-answer request (embed, rerank, infer) on a leased model: ``begin``
+        checks the Mold (what it raises, the hooks never hear of) and gives the work; the
+        hooks see the work start and end, and the Result gets its durations."""
+        event = InferenceEvent(manifest.name, task, current_request_id.get(), current_client.get())
+        start = time.perf_counter_ns()
+        async with self._lease(manifest, None, keep_alive) as lease:
+            work = begin(lease.mold)
+            self.hooks.inference_started(event)
+            try:
+                result = await work()
+            except BaseException as e:
+                self.hooks.inference_ended(replace(event, error=_why(e)))
+                raise
+        s = result.stats
+        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
+        self.hooks.inference_ended(replace(event, stats=s))
+        return result
 
 
 class EngineInference(EngineMixin):
@@ -206,24 +231,13 @@ class EngineInference(EngineMixin):
         """Embeddings, one vector per input text."""
         texts = [input] if isinstance(input, str) else list(input)
         self.limits.embed_inputs(texts)
-        manifest = self.store.get(model)
-        event = InferenceEvent(
-            manifest.name, "embed", current_request_id.get(), current_client.get()
-        )
         req = EmbedRequest(input=texts, truncate=truncate, max_tokens=self.limits.max_embed_tokens)
-        start = time.perf_counter_ns()
-        async with self._lease(manifest, None, keep_alive) as lease:
-            _require(lease.mold, "embed")
-            self.hooks.inference_started(event)
-            try:
-                result = await lease.mold.infer(req)
-            except BaseException as e:
-                self.hooks.inference_ended(replace(event, error=_why(e)))
-                raise
-        s = result.stats
-        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
-        self.hooks.inference_ended(replace(event, stats=s))
-        return result
+
+        def begin(mold: Mold) -> Callable[[], Awaitable[Result]]:
+            _require(mold, "embed")
+            return lambda: mold.infer(req)
+
+        return await self._observed(self.store.get(model), "embed", keep_alive, begin)
 
     async def count_tokens(self, model: str, req: ChatRequest) -> int:
         """How many tokens ``req``'s prompt takes: rendered through the model's chat

@@ -5,13 +5,10 @@ quotas, limits and hooks apply alike."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 
-from .engine_inference import EngineMixin, _why
+from .engine_inference import EngineMixin
 from .errors import UnsupportedTask
-from .hooks import InferenceEvent, current_client, current_request_id
 from .interface import KeepAlive
 from .mold import Mold
 from .ranking import Ranking, Scoring, cosine_scores, ranked
@@ -35,23 +32,14 @@ class EngineRerank(EngineMixin):
         ``Ranking.scoring`` says which."""
         docs = list(documents)
         self.limits.rerank_documents(docs, top_n)
-        manifest = self.store.get(model)
-        event = InferenceEvent(
-            manifest.name, "rerank", current_request_id.get(), current_client.get()
-        )
-        start = time.perf_counter_ns()
-        async with self._lease(manifest, None, keep_alive) as lease:
-            scoring = _scoring(lease.mold)
-            self.hooks.inference_started(event)
-            try:
-                result = await self._scores(lease.mold, scoring, query, docs)
-            except BaseException as e:
-                self.hooks.inference_ended(replace(event, error=_why(e)))
-                raise
-        s = result.stats
-        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
-        self.hooks.inference_ended(replace(event, stats=s))
-        return Ranking(ranked(result.scores, docs, top_n), scoring, s)
+        scorings: list[Scoring] = []  # how the leased model scores, once it is known
+
+        def begin(mold: Mold) -> Callable[[], Awaitable[Result]]:
+            scorings.append(_scoring(mold))
+            return lambda: self._scores(mold, scorings[0], query, docs)
+
+        result = await self._observed(self.store.get(model), "rerank", keep_alive, begin)
+        return Ranking(ranked(result.scores, docs, top_n), scorings[0], result.stats)
 
     async def _scores(self, mold: Mold, scoring: Scoring, query: str, docs: list[str]) -> Result:
         """A Result whose ``scores`` hold one score per document."""

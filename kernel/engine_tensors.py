@@ -6,15 +6,13 @@ before it runs, against the stored manifest's before a load and the runtime's af
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .engine_inference import EngineMixin, _why
+from .engine_inference import EngineMixin
 from .errors import UnsupportedTask
-from .hooks import InferenceEvent, current_client, current_request_id
 from .interface import KeepAlive
+from .mold import Mold
 from .schema import Result
 from .store.manifest import Manifest
 from .tensors import TensorRequest, check_inputs, check_outputs_known
@@ -55,12 +53,8 @@ class EngineTensors(EngineMixin):
         if stored.input_shapes:  # refused before any load when the stored specs say so
             inputs = check_inputs(stored.input_shapes, inputs, max_elements=most)
             check_outputs_known(wanted, stored.output_shapes)
-        event = InferenceEvent(
-            manifest.name, "infer", current_request_id.get(), current_client.get()
-        )
-        start = time.perf_counter_ns()
-        async with self._lease(manifest, None, keep_alive) as lease:
-            mold = lease.mold
+
+        def begin(mold: Mold) -> Callable[[], Awaitable[Result]]:
             if "infer" not in mold.tasks:
                 raise UnsupportedTask(
                     f"{mold.name} does not take tensors (it supports: "
@@ -68,13 +62,6 @@ class EngineTensors(EngineMixin):
                 )
             arrays = check_inputs(mold.metadata.input_shapes, inputs, max_elements=most)
             check_outputs_known(wanted, mold.metadata.output_shapes)
-            self.hooks.inference_started(event)
-            try:
-                result = await mold.infer(TensorRequest(arrays, wanted))
-            except BaseException as e:
-                self.hooks.inference_ended(replace(event, error=_why(e)))
-                raise
-        s = result.stats
-        s.load_duration, s.total_duration = lease.load_duration, time.perf_counter_ns() - start
-        self.hooks.inference_ended(replace(event, stats=s))
-        return result
+            return lambda: mold.infer(TensorRequest(arrays, wanted))
+
+        return await self._observed(manifest, "infer", keep_alive, begin)
