@@ -95,19 +95,17 @@ class JaxProgramMold(TensorMold):
             self._target = by_id[self.device]
         self._program = exported
         self._call = jax.jit(exported.call)
-        inputs, outputs = specs(exported)
-        self._names, self._outputs_named = [s.name for s in inputs], [s.name for s in outputs]
-        return inputs, outputs
+        return specs(exported)
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         import jax
         import numpy as np
         from jax import tree_util
 
-        flat = [jax.device_put(inputs[n], self._target) for n in self._names]
+        flat = [jax.device_put(inputs[n], self._target) for n in self.input_names]
         args, kwargs = tree_util.tree_unflatten(self._program.in_tree, flat)
         leaves = tree_util.tree_leaves(self._call(*args, **kwargs))
-        return {n: np.asarray(v) for n, v in zip(self._outputs_named, leaves, strict=True)}
+        return {n: np.asarray(v) for n, v in zip(self.output_names, leaves, strict=True)}
 
     def _release(self) -> None:
         super()._release()

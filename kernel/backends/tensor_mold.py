@@ -41,6 +41,15 @@ class TensorMold(abc.ABC):
     def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run once: numpy arrays by input name in, numpy arrays by output name out."""
 
+    @property
+    def input_names(self) -> list[str]:
+        """The inputs' names, in the model's order (once loaded, as its runtime reports)."""
+        return [s.name for s in self.metadata.input_shapes]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.metadata.output_shapes]
+
     def _release(self) -> None:
         """Drop the runtime's objects on the thread that made them."""
         for attr in ("_model", "_session", "_program", "_module"):

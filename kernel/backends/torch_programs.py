@@ -141,7 +141,6 @@ class TorchProgramMold(TensorMold):
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
         self._module, specs, self._in_spec = load(self.path, self._torch_device())
-        self._names = [s.name for s in specs[0]]
         return specs
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +148,7 @@ class TorchProgramMold(TensorMold):
         from torch.utils import _pytree as pytree
 
         dev = self._torch_device()
-        flat = [_tensor(inputs[n]).to(dev) for n in self._names]
+        flat = [_tensor(inputs[n]).to(dev) for n in self.input_names]
         with torch.inference_mode():
             if self._in_spec is None:  # TorchScript: the forward's arguments in order
                 found = self._module(*flat)

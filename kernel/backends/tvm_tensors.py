@@ -87,9 +87,7 @@ class TvmTensorMold(TensorMold):
         index = int(self.device.partition(":")[2] or 0)
         self._dev = tvm.cuda(index) if kind == "cuda" else tvm.cpu()
         self._vms: OrderedDict[Shapes, Any] = OrderedDict()
-        inputs, outputs = graph_specs(self._model)
-        self._names, self._outputs_named = [s.name for s in inputs], [s.name for s in outputs]
-        return inputs, outputs
+        return graph_specs(self._model)
 
     def _vm(self, shapes: Shapes) -> Any:
         if shapes in self._vms:
@@ -99,7 +97,7 @@ class TvmTensorMold(TensorMold):
 
         model = type(self._model)()
         model.CopyFrom(self._model)  # each shape fixes the dimensions of its own copy
-        mod = import_at(model, dict(zip(self._names, shapes, strict=True)))
+        mod = import_at(model, dict(zip(self.input_names, shapes, strict=True)))
         label = ",".join("x".join(map(str, s)) for s in shapes)
         with tempfile.TemporaryDirectory() as work:  # only tuning writes there
             lib = _compile(mod, self._target, 0, Path(work), label, ignore)
@@ -112,11 +110,11 @@ class TvmTensorMold(TensorMold):
         import numpy as np
         import tvm
 
-        arrays = [np.ascontiguousarray(inputs[n]) for n in self._names]
+        arrays = [np.ascontiguousarray(inputs[n]) for n in self.input_names]
         vm = self._vm(tuple(tuple(a.shape) for a in arrays))
         result = vm["main"](*(tvm.runtime.tensor(a, self._dev) for a in arrays))
         found = [result] if hasattr(result, "numpy") else list(result)
-        return {n: v.numpy() for n, v in zip(self._outputs_named, found, strict=True)}
+        return {n: v.numpy() for n, v in zip(self.output_names, found, strict=True)}
 
     def _release(self) -> None:
         super()._release()
