@@ -148,15 +148,17 @@ def _check(spec: TensorSpec, array: Any) -> None:
 def pick_outputs(
     outputs: Mapping[str, Any], wanted: Sequence[str] | None, specs: Sequence[TensorSpec]
 ) -> dict[str, Any]:
-    """The outputs asked for, in the order asked (all of them, in the model's order, when
-    None). An output the model does not have is an InvalidTensor."""
+    """The outputs asked for, as numpy arrays, in the order asked (all of them, in the
+    model's order, when None). An output the model does not have is an InvalidTensor."""
+    import numpy as np
+
     if wanted is None:
-        return dict(outputs)
+        return {n: np.asarray(v) for n, v in outputs.items()}
     missing = [n for n in wanted if n not in outputs]
     if missing:
         names = ", ".join(s.name for s in specs) or ", ".join(outputs)
         raise InvalidTensor(f"unknown output {missing[0][:64]!r}; the model gives: {names}")
-    return {n: outputs[n] for n in wanted}
+    return {n: np.asarray(outputs[n]) for n in wanted}
 
 
 def check_outputs_known(wanted: Sequence[str] | None, specs: Sequence[TensorSpec]) -> None:
@@ -167,13 +169,6 @@ def check_outputs_known(wanted: Sequence[str] | None, specs: Sequence[TensorSpec
             raise InvalidTensor(
                 f"unknown output {n[:64]!r}; the model gives: " + ", ".join(sorted(names))
             )
-
-
-def asarray(value: Any) -> Any:
-    """``value`` as a numpy array (what a runtime gave back)."""
-    import numpy as np
-
-    return np.asarray(value)
 
 
 def spec_of(name: str, array: Any) -> TensorSpec:

@@ -59,7 +59,7 @@ from ..schema import (
 )
 from ..store.manifest import Manifest
 from ..store.names import parse_name
-from ..tensors import TensorRequest, TensorSpec, asarray, pick_outputs
+from ..tensors import TensorRequest, TensorSpec, pick_outputs
 from ..worker import Worker
 from .stops import StopMatcher
 
@@ -289,11 +289,9 @@ class CustomMold:
             vectors = await self._run("embed", lambda: _rows(embed(texts), len(texts), "vectors"))
             return Result(embeddings=vectors, stats=Stats(prompt_eval_count=count))
         if isinstance(req, TensorRequest):
-            run, inputs = self._require("infer"), req.inputs
-            found = await self._run(
-                "infer", lambda: {k: asarray(v) for k, v in run(inputs).items()}
-            )
-            return Result(tensors=pick_outputs(found, req.outputs, self.metadata.output_shapes))
+            run, inputs, specs = self._require("infer"), req.inputs, self.metadata.output_shapes
+            found = await self._run("infer", lambda: pick_outputs(run(inputs), req.outputs, specs))
+            return Result(tensors=found)
         if isinstance(req, RerankRequest):
             rerank, query, docs = self._require("rerank"), req.query, list(req.documents)
             count = sum(len(t.split()) for t in (query, *docs))

@@ -269,9 +269,7 @@ class EncoderMold(abc.ABC):
         raise UnsupportedTask(f"{self.name} on {self.backend} does not answer infer")
 
     def _infer_tensors(self, req: TensorRequest) -> Result:
-        import numpy as np
-
-        found = {k: np.asarray(v) for k, v in self._tensors(req.inputs).items()}
+        found = self._tensors(req.inputs)
         return Result(tensors=pick_outputs(found, req.outputs, self.metadata.output_shapes))
 
     async def infer(self, req: Request) -> Result:

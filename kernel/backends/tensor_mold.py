@@ -84,16 +84,13 @@ class TensorMold(abc.ABC):
         return Result(tensors=outputs, stats=Stats())
 
     def _outputs(self, req: TensorRequest) -> dict[str, Any]:
-        import numpy as np
-
         try:
             found = self._run(req.inputs)
         except ForgeError:
             raise
         except Exception as e:  # the runtime's own error types
             raise InferenceError(f"{self.backend} could not run {self.name}: {e}") from e
-        arrays = {k: np.asarray(v) for k, v in found.items()}
-        return pick_outputs(arrays, req.outputs, self.metadata.output_shapes)
+        return pick_outputs(found, req.outputs, self.metadata.output_shapes)
 
     async def infer_stream(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[Chunk]:
         raise UnsupportedTask(f"{self.name} is a tensor model; it cannot generate")
